@@ -1,0 +1,13 @@
+"""Dimension-generic building blocks shared by the networks of nnunet-ext.
+
+Every block takes the convolution class (``nn.Conv2d`` or ``nn.Conv3d``) as its first argument, as
+dynamic-network-architectures does, and works in 2D and 3D.
+"""
+from .aspp import ASPP
+from .attention_gate import AttentionGate
+from .depthwise_separable import DepthwiseSeparableConv
+from .ops import interpolation_mode, matching_norm, spatial_dims
+from .scse import SCSE
+
+__all__ = ["ASPP", "AttentionGate", "DepthwiseSeparableConv", "SCSE", "interpolation_mode", "matching_norm",
+           "spatial_dims"]

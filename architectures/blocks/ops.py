@@ -1,0 +1,49 @@
+"""Helpers that map a convolution class to the matching dimension-specific operations.
+
+Blocks in this package receive the convolution class (``nn.Conv2d`` or ``nn.Conv3d``, as in
+dynamic-network-architectures) and derive everything else that depends on the number of spatial axes from it.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+_SPATIAL_DIMS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
+_INTERPOLATION_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
+_NORMS = {
+    "batch": {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d},
+    "instance": {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d},
+}
+
+
+def spatial_dims(conv_op: type[nn.Module]) -> int:
+    """Number of spatial axes that ``conv_op`` (nn.Conv1d/2d/3d or a subclass) works on."""
+    for base, dims in _SPATIAL_DIMS.items():
+        if issubclass(conv_op, base):
+            return dims
+    raise ValueError(f"Unsupported convolution class {conv_op!r}: expected nn.Conv1d, nn.Conv2d or nn.Conv3d")
+
+
+def interpolation_mode(conv_op: type[nn.Module]) -> str:
+    """The (multi)linear ``F.interpolate`` mode for the dimensionality of ``conv_op``."""
+    return _INTERPOLATION_MODES[spatial_dims(conv_op)]
+
+
+def matching_norm(conv_op: type[nn.Module], kind: str) -> type[nn.Module]:
+    """The normalisation class of ``kind`` ('batch' or 'instance') for the dimensionality of ``conv_op``."""
+    if kind not in _NORMS:
+        raise ValueError(f"Unknown norm kind {kind!r}; expected one of {sorted(_NORMS)}")
+    return _NORMS[kind][spatial_dims(conv_op)]
+
+
+def make_norm(norm_op: type[nn.Module] | None, channels: int, norm_op_kwargs: dict | None) -> nn.Module:
+    """``norm_op(channels, **norm_op_kwargs)``, or an identity when ``norm_op`` is None."""
+    if norm_op is None:
+        return nn.Identity()
+    return norm_op(channels, **(norm_op_kwargs or {}))
+
+
+def make_nonlin(nonlin: type[nn.Module] | None, nonlin_kwargs: dict | None) -> nn.Module:
+    """``nonlin(**nonlin_kwargs)``, or an identity when ``nonlin`` is None."""
+    if nonlin is None:
+        return nn.Identity()
+    return nonlin(**(nonlin_kwargs or {}))

@@ -1,0 +1,363 @@
+"""SegFormer3D variant of the PANTHER 2025 challenge (pancreatic tumour segmentation in MRI, Task 1, 4th place).
+
+Papers:
+    Perera, Navard & Yilmaz, "SegFormer3D: an Efficient Transformer for 3D Medical Image Segmentation",
+        CVPR Workshops 2024 (arXiv 2023) -- the 3D Mix-Transformer encoder.
+    Xie et al., "SegFormer: Simple and Efficient Design for Semantic Segmentation with Transformers", NeurIPS 2021
+        -- efficient self-attention with spatial reduction, Mix-FFN, overlapping patch embeddings.
+    Kolpetinou, PANTHER Challenge (MICCAI 2025, Task 1) -- the variant: hybrid convolutional stem, ASPP + FPN
+        decoder with scSE and attention gates on the skips, depthwise-separable smoothing, auxiliary head
+        (github.com/KyriakiKolpetinou/PancreasTumorSegmentation, models/segformer3d_variant.py).
+
+Re-implemented from a written description of that model. Computation differs from the original only where the
+result is mathematically the same: attention uses ``F.scaled_dot_product_attention`` instead of an explicit score
+matrix, tokens stay in one memory layout throughout the encoder (convolutions see channels-last views of them),
+and the attention gate resizes φ(gate) instead of the gate (a 1×1 convolution without bias commutes with
+interpolation).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.functional import scaled_dot_product_attention
+
+from .blocks import ASPP, SCSE, AttentionGate, DepthwiseSeparableConv
+
+Size3D = tuple[int, int, int]
+
+
+def _tokens_to_volume(tokens: torch.Tensor, size: Size3D) -> torch.Tensor:
+    """(B, N, C) tokens → (B, C, D, H, W) view in channels-last memory order (no copy)."""
+    return tokens.view(tokens.shape[0], *size, tokens.shape[2]).permute(0, 4, 1, 2, 3)
+
+
+def _volume_to_tokens(volume: torch.Tensor) -> torch.Tensor:
+    """(B, C, D, H, W) → (B, N, C) tokens; a view when the volume is channels-last in memory."""
+    return volume.permute(0, 2, 3, 4, 1).flatten(1, 3)
+
+
+class HybridConvStem(nn.Module):
+    """Convolutional stem of the variant, replacing SegFormer3D's 7³/stride-4 patch embedding.
+
+    3×3×3 conv (C_in → C/2, bias) → BatchNorm3d → GELU → 3×3×3 conv stride 2 (C/2 → C, bias) → BatchNorm3d →
+    GELU → LayerNorm over channels.
+
+    Args:
+        in_channels: C_in.
+        embed_dim: C.
+
+    Shapes:
+        input (B, C_in, D, H, W) → tokens (B, N, C) with N = ∏ ceil(size / 2), and that size.
+    """
+
+    def __init__(self, in_channels: int, embed_dim: int) -> None:
+        super().__init__()
+        hidden = embed_dim // 2
+        self.conv1 = nn.Conv3d(in_channels, hidden, 3, padding=1)
+        self.bn1 = nn.BatchNorm3d(hidden)
+        self.conv2 = nn.Conv3d(hidden, embed_dim, 3, stride=2, padding=1)
+        self.bn2 = nn.BatchNorm3d(embed_dim)
+        self.act = nn.GELU()
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Size3D]:
+        x = self.act(self.bn2(self.conv2(self.act(self.bn1(self.conv1(x))))))
+        return self.norm(_volume_to_tokens(x)), tuple(x.shape[2:])
+
+
+class OverlapPatchEmbed(nn.Module):
+    """Overlapping patch embedding (SegFormer): 3×3×3 conv, stride 2, padding 1 → LayerNorm over channels.
+
+    Args:
+        in_channels: channels of the previous stage.
+        embed_dim: channels of this stage.
+
+    Shapes:
+        input (B, C_in, D, H, W) → tokens (B, N, embed_dim) with N = ∏ ceil(size / 2), and that size.
+    """
+
+    def __init__(self, in_channels: int, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv3d(in_channels, embed_dim, 3, stride=2, padding=1)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Size3D]:
+        x = self.proj(x)
+        return self.norm(_volume_to_tokens(x)), tuple(x.shape[2:])
+
+
+class EfficientSelfAttention(nn.Module):
+    """Multi-head self-attention with spatial reduction of keys and values (SegFormer / PVT).
+
+    Queries come from all N tokens; keys and values from the token map reduced by a Conv3d with
+    kernel = stride = ``sr_ratio`` followed by LayerNorm (when ``sr_ratio`` > 1). Scale head_dim^-0.5, no dropout.
+    Computed with ``F.scaled_dot_product_attention`` (no N × M score matrix is stored).
+
+    Args:
+        dim: C, token channels.
+        num_heads: attention heads (C must be divisible by it).
+        sr_ratio: spatial-reduction ratio of keys/values.
+
+    Shapes:
+        tokens (B, N, C) and their (D, H, W) with N = D·H·W → (B, N, C).
+    """
+
+    def __init__(self, dim: int, num_heads: int, sr_ratio: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.sr_ratio = sr_ratio
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        if sr_ratio > 1:
+            self.sr = nn.Conv3d(dim, dim, sr_ratio, stride=sr_ratio)
+            self.sr_norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, size: Size3D) -> torch.Tensor:
+        batch, tokens, channels = x.shape
+        heads, head_dim = self.num_heads, channels // self.num_heads
+        if self.sr_ratio > 1:
+            reduced = self.sr_norm(_volume_to_tokens(self.sr(_tokens_to_volume(x, size))))
+            q = self.q(x)
+            kv = self.kv(reduced)
+        else:
+            # keys and values come from the same tokens as the queries: one GEMM instead of two
+            qkv = F.linear(x, torch.cat((self.q.weight, self.kv.weight)), torch.cat((self.q.bias, self.kv.bias)))
+            q, kv = qkv.split((channels, 2 * channels), dim=-1)
+        q = q.view(batch, tokens, heads, head_dim).transpose(1, 2)
+        k, v = kv.view(batch, kv.shape[1], 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out = scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, channels))
+
+
+class MixFFN(nn.Module):
+    """Mix-FFN of the variant: Linear C→rC → depthwise 3×3×3 Conv3d (bias) → BatchNorm3d → GELU → Linear rC→C.
+
+    Args:
+        dim: C.
+        mlp_ratio: r.
+
+    Shapes:
+        tokens (B, N, C) and their (D, H, W) → (B, N, C).
+    """
+
+    def __init__(self, dim: int, mlp_ratio: int) -> None:
+        super().__init__()
+        hidden = dim * mlp_ratio
+        self.fc1 = nn.Linear(dim, hidden)
+        self.dwconv = nn.Conv3d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.bn = nn.BatchNorm3d(hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor, size: Size3D) -> torch.Tensor:
+        hidden = self.act(self.bn(self.dwconv(_tokens_to_volume(self.fc1(x), size))))
+        return self.fc2(_volume_to_tokens(hidden))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer block: x + Attention(LN(x)), then x + MixFFN(LN(x)). No dropout or drop-path.
+
+    Args:
+        dim: C.
+        num_heads: attention heads.
+        sr_ratio: spatial-reduction ratio of keys/values.
+        mlp_ratio: expansion of the Mix-FFN.
+
+    Shapes:
+        tokens (B, N, C) and their (D, H, W) → (B, N, C).
+    """
+
+    def __init__(self, dim: int, num_heads: int, sr_ratio: int, mlp_ratio: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = EfficientSelfAttention(dim, num_heads, sr_ratio)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MixFFN(dim, mlp_ratio)
+
+    def forward(self, x: torch.Tensor, size: Size3D) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), size)
+        return x + self.mlp(self.norm2(x), size)
+
+
+class MixVisionTransformer3D(nn.Module):
+    """Hierarchical 3D Mix-Transformer encoder with the variant's hybrid stem (strides 2, 4, 8, 16).
+
+    Stage 1 embeds with ``HybridConvStem``, later stages with ``OverlapPatchEmbed``; each stage runs its
+    transformer blocks and ends with a LayerNorm.
+
+    Args:
+        in_channels: input channels.
+        embed_dims, depths, num_heads, sr_ratios: per stage.
+        mlp_ratio: Mix-FFN expansion (all stages).
+
+    Shapes:
+        input (B, C_in, D, H, W) → list of (B, embed_dims[i], *ceil(size / 2^(i+1))), channels-last in memory.
+    """
+
+    def __init__(self, in_channels: int, embed_dims: Sequence[int], depths: Sequence[int],
+                 num_heads: Sequence[int], sr_ratios: Sequence[int], mlp_ratio: int) -> None:
+        super().__init__()
+        self.patch_embeds = nn.ModuleList(
+            [HybridConvStem(in_channels, embed_dims[0])]
+            + [OverlapPatchEmbed(embed_dims[i - 1], embed_dims[i]) for i in range(1, len(embed_dims))])
+        self.stages = nn.ModuleList(
+            nn.ModuleList(TransformerBlock(dim, heads, sr, mlp_ratio) for _ in range(depth))
+            for dim, depth, heads, sr in zip(embed_dims, depths, num_heads, sr_ratios))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for dim in embed_dims)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for embed, blocks, norm in zip(self.patch_embeds, self.stages, self.norms):
+            tokens, size = embed(x)
+            for block in blocks:
+                tokens = block(tokens, size)
+            x = _tokens_to_volume(norm(tokens), size)
+            features.append(x)
+        return features
+
+
+class ASPPFPNDecoder(nn.Module):
+    """ASPP + FPN decoder of the variant, with scSE and attention gates on the skips and two heads.
+
+    P4 = ASPP(c4); for k = 3, 2, 1: s = AttentionGate(scSE(c_k), gate = P_{k+1});
+    P_k = DWSeparable(resize(P_{k+1}) + 1×1 conv(s)) with InstanceNorm + GELU. Main head ("fuse all"):
+    concat(P1, resize(P2), resize(P3), resize(P4)) → 1×1 conv → InstanceNorm → GELU → 1×1 conv → classes.
+    Auxiliary head: 1×1 conv on P2. All resizing is trilinear, align_corners=False; InstanceNorm3d is not affine.
+
+    Args:
+        encoder_channels: channels of c1..c4.
+        num_classes: output channels of both heads.
+        channels: decoder width.
+        aspp_rates: dilation rates of the ASPP.
+        deep_supervision: whether ``forward`` also returns the auxiliary logits. nnU-Net switches this attribute
+            at run time (``set_deep_supervision_enabled``); both heads always exist.
+
+    Shapes:
+        c1..c4 at strides 2/4/8/16 → (main logits at c1's size, aux logits at c2's size or None).
+    """
+
+    def __init__(self, encoder_channels: Sequence[int], num_classes: int, channels: int,
+                 aspp_rates: Sequence[int], deep_supervision: bool) -> None:
+        super().__init__()
+        self.deep_supervision = deep_supervision
+        skip_channels = encoder_channels[:-1]
+        self.aspp = ASPP(nn.Conv3d, encoder_channels[-1], channels, aspp_rates, norm_op=nn.InstanceNorm3d,
+                         nonlin=nn.GELU)
+        self.skip_scse = nn.ModuleList(SCSE(nn.Conv3d, c, reduction=8, min_channels=8, nonlin=nn.GELU)
+                                       for c in skip_channels)
+        self.skip_gates = nn.ModuleList(AttentionGate(nn.Conv3d, c, channels, max(channels // 2, 32), nonlin=nn.GELU)
+                                        for c in skip_channels)
+        self.laterals = nn.ModuleList(nn.Conv3d(c, channels, 1, bias=False) for c in skip_channels)
+        self.smooth = nn.ModuleList(
+            DepthwiseSeparableConv(nn.Conv3d, channels, channels, 3, norm_op=nn.InstanceNorm3d, nonlin=nn.GELU)
+            for _ in skip_channels)
+        self.fuse = nn.Sequential(nn.Conv3d(len(encoder_channels) * channels, channels, 1, bias=False),
+                                  nn.InstanceNorm3d(channels), nn.GELU())
+        self.head = nn.Conv3d(channels, num_classes, 1)
+        self.aux_head = nn.Conv3d(channels, num_classes, 1)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        pyramid = [self.aspp(features[-1])]
+        for level in reversed(range(len(features) - 1)):
+            coarser = pyramid[0]
+            skip = self.skip_gates[level](self.skip_scse[level](features[level]), coarser)
+            merged = _resize(coarser, skip.shape[2:]) + self.laterals[level](skip)
+            pyramid.insert(0, self.smooth[level](merged))
+        finest = pyramid[0]
+        fused = self.fuse(torch.cat([finest] + [_resize(p, finest.shape[2:]) for p in pyramid[1:]], dim=1))
+        aux = self.aux_head(pyramid[1]) if self.deep_supervision else None
+        return self.head(fused), aux
+
+
+def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=False)
+
+
+class SegFormer3DVariant(nn.Module):
+    """SegFormer3D variant (PANTHER 2025): Mix-Transformer encoder with a hybrid conv stem, ASPP + FPN decoder.
+
+    Topology (defaults): hybrid stem to 1/2 resolution (conv-BN-GELU ×2, LayerNorm); four transformer stages at
+    strides 2/4/8/16 with 32/64/160/256 channels, 2 blocks each, 1/2/5/8 heads, key/value spatial reduction
+    4/2/1/1, Mix-FFN ratio 4 (depthwise conv + BatchNorm3d + GELU); decoder of width 128 with ASPP (rates 1/2/3)
+    on stage 4, scSE and attention gates on the skips, depthwise-separable smoothing (InstanceNorm + GELU),
+    a fuse-all main head at stride 2 and an auxiliary head on P2 (stride 4).
+
+    Papers: Perera et al. 2023 (SegFormer3D); Xie et al. 2021 (SegFormer); Kolpetinou, PANTHER 2025 (variant).
+
+    Args:
+        input_channels: channels of the input image (any count).
+        num_classes: output channels (logits).
+        deep_supervision: initial value of ``self.decoder.deep_supervision`` (read at call time).
+        embed_dims, depths, num_heads, sr_ratios: per encoder stage.
+        mlp_ratio: Mix-FFN expansion.
+        decoder_channels: decoder width.
+        aspp_rates: ASPP dilation rates.
+
+    Shapes:
+        input (B, input_channels, D, H, W), any D, H, W.
+        ``decoder.deep_supervision`` False → logits (B, num_classes, D, H, W) (main head, trilinear
+        align_corners=False upsampling from stride 2).
+        ``decoder.deep_supervision`` True → [main (B, K, D, H, W), aux (B, K, ceil(D/4), ceil(H/4), ceil(W/4))];
+        the auxiliary logits stay at the native stride-4 resolution of P2 (nnU-Net downsamples the targets).
+        An axis shorter than ``min_axis_size`` (7 with the default SR ratios) is zero-padded at its end, and so is
+        the last axis when the stride-16 map would hold a single position (instance norm needs two); outputs are
+        cropped back, so they always have the sizes above.
+
+    Measured at input 1×32×160×208, 1 channel, 3 classes (original: 4,769,488 parameters, 72.9 GMAC):
+        parameters: MEASURED_PARAMS; MACs: MEASURED_MACS (convolutions, linear layers and attention matmuls).
+        Command: MEASURE_COMMAND
+    """
+
+    deep_supervision_strides: tuple[int, ...] = (1, 4)
+
+    def __init__(self, input_channels: int, num_classes: int, deep_supervision: bool = False,
+                 embed_dims: Sequence[int] = (32, 64, 160, 256), depths: Sequence[int] = (2, 2, 2, 2),
+                 num_heads: Sequence[int] = (1, 2, 5, 8), sr_ratios: Sequence[int] = (4, 2, 1, 1),
+                 mlp_ratio: int = 4, decoder_channels: int = 128, aspp_rates: Sequence[int] = (1, 2, 3)) -> None:
+        super().__init__()
+        if not len(embed_dims) == len(depths) == len(num_heads) == len(sr_ratios):
+            raise ValueError("embed_dims, depths, num_heads and sr_ratios need one entry per stage")
+        self.encoder = MixVisionTransformer3D(input_channels, embed_dims, depths, num_heads, sr_ratios, mlp_ratio)
+        self.decoder = ASPPFPNDecoder(embed_dims, num_classes, decoder_channels, aspp_rates, deep_supervision)
+        # stage i works at stride 2^(i+1) on ceil-sized maps; its key/value reduction needs sr_ratio positions
+        self.min_axis_size = max((sr - 1) * 2 ** (i + 1) + 1 for i, sr in enumerate(sr_ratios))
+        self.total_stride = 2 ** len(embed_dims)
+
+    @classmethod
+    def deep_supervision_scales(cls, patch_size: Sequence[int]) -> list[list[float]]:
+        """Per-output scales of the deep-supervision outputs relative to ``patch_size``, full resolution first.
+
+        nnU-Net resizes targets to ``round(size * scale)``; these scales reproduce the network's output sizes
+        exactly (0.25 per axis whenever the axis is divisible by 4; ceil(size / 4) / size otherwise).
+        """
+        return [[math.ceil(s / stride) / s for s in patch_size] for stride in cls.deep_supervision_strides]
+
+    def _padded_size(self, size: Sequence[int]) -> list[int]:
+        padded = [max(s, self.min_axis_size) for s in size]
+        if math.prod(math.ceil(s / self.total_stride) for s in padded) < 2:
+            padded[-1] = max(padded[-1], self.total_stride + 1)
+        return padded
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        size = list(x.shape[2:])
+        padded = self._padded_size(size)
+        if padded != size:
+            pads = [amount for s, p in zip(reversed(size), reversed(padded)) for amount in (0, p - s)]
+            x = F.pad(x, pads)
+        main, aux = self.decoder(self.encoder(x))
+        main = F.interpolate(main, size=padded, mode="trilinear", align_corners=False)
+        if padded != size:
+            main = main[..., :size[0], :size[1], :size[2]]
+        if not self.decoder.deep_supervision:
+            return main
+        aux = aux[..., :math.ceil(size[0] / 4), :math.ceil(size[1] / 4), :math.ceil(size[2] / 4)]
+        return [main, aux]

@@ -1,0 +1,98 @@
+"""The ``nnunet-ext`` command: synthetic data, the demo, and what the package offers.
+
+Training and prediction use nnU-Net's own commands (``nnUNetv2_train ... -tr nnUNetTrainerSegFormer3DVariant``);
+this command only adds what nnU-Net has no command for.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nnunet_ext import discovery
+
+
+class UserInputError(Exception):
+    """Bad input whose message already names the problem and the fix."""
+
+
+def _cmd_synth(args: argparse.Namespace) -> None:
+    from nnunet_ext.synthetic import make_synthetic_dataset
+
+    folder = make_synthetic_dataset(args.dataset_id, dim=args.dim, num_cases=args.cases,
+                                    num_test_cases=args.test_cases, channels=args.channels, regions=args.regions,
+                                    overwrite=args.overwrite, seed=args.seed)
+    print(f"Wrote {folder}\nNext: nnUNetv2_plan_and_preprocess -d {args.dataset_id} "
+          f"-c {'3d_fullres' if args.dim == 3 else '2d'}")
+
+
+def _cmd_list(args: argparse.Namespace) -> None:
+    from nnunet_ext.catalog import describe
+    from nnunet_ext.trainers import TRAINERS
+
+    rows = [describe(t) for t in TRAINERS]
+    header = ("trainer", "network", "dim", "configurations", "parameters", "short variants")
+    table = [header] + [(r.name, r.network, r.dims, r.configurations, f"{r.parameters:,}", r.variants) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    print("\nParameters at 1 input channel and 3 outputs, deep supervision heads included.")
+    if discovery.is_active():
+        print(f"Discovery: active. The stock nnUNetv2_* commands find these trainers "
+              f"(nnUNet_extTrainer lists {discovery.TRAINER_LOOKUP_DIR}).")
+    else:
+        print("Discovery: INACTIVE in this environment (was Python started with -S, or the package not installed "
+              "with pip?). Activate it by hand with:\n  " + discovery.export_line())
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from nnunet_ext.demo import run_demo
+
+    run_demo(workdir=args.workdir, quick=args.quick, trainer_names=args.trainers, dataset_id=args.dataset_id,
+             overwrite=args.overwrite)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nnunet-ext", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    synth = sub.add_parser("synth", help="write a synthetic nnU-Net raw dataset (organs with tumours) to $nnUNet_raw")
+    synth.add_argument("dataset_id", type=int, help="dataset id, 1..999")
+    synth.add_argument("--dim", type=int, choices=(2, 3), default=3)
+    synth.add_argument("--cases", type=int, default=10, help="training cases (>= 5 for 5-fold cross-validation)")
+    synth.add_argument("--test-cases", type=int, default=2, help="held-out cases in imagesTs/labelsTs")
+    synth.add_argument("--channels", type=int, default=1, help="1 = CT-like, more = MRI-like sequences")
+    synth.add_argument("--regions", action="store_true", help="region labels (organ incl. tumour, tumour)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this id")
+    synth.set_defaults(func=_cmd_synth)
+
+    demo = sub.add_parser("demo", help="synthetic data -> plan -> train -> predict -> Dice table, on CPU")
+    demo.add_argument("--workdir", default="nnunet_ext_demo",
+                      help="working folder; holds nnUNet_raw/preprocessed/results unless those are set already")
+    demo.add_argument("--quick", action="store_true", help="a smoke run of about a minute: 2 iterations per trainer")
+    demo.add_argument("--trainers", nargs="+", default=None,
+                      help="full-length trainer names to compare (default: all of nnunet-ext's 3D trainers and "
+                           "nnU-Net's default nnUNetTrainer)")
+    demo.add_argument("--dataset-id", type=int, default=501)
+    demo.add_argument("--overwrite", action="store_true", help="retrain and re-predict instead of reusing results")
+    demo.set_defaults(func=_cmd_demo)
+
+    listing = sub.add_parser("list", help="the trainers, their networks and whether nnU-Net can see them")
+    listing.set_defaults(func=_cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nnunet_ext.catalog import UnknownTrainerError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (UserInputError, UnknownTrainerError, FileExistsError, FileNotFoundError, ValueError) as error:
+        print(f"nnunet-ext {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
