@@ -359,5 +359,5 @@ class SegFormer3DVariant(nn.Module):
             main = main[..., :size[0], :size[1], :size[2]]
         if not self.decoder.deep_supervision:
             return main
-        aux = aux[..., :math.ceil(size[0] / 4), :math.ceil(size[1] / 4), :math.ceil(size[2] / 4)]
-        return [main, aux]
+        aux_size = [math.ceil(s / self.deep_supervision_strides[1]) for s in size]
+        return [main, aux[..., :aux_size[0], :aux_size[1], :aux_size[2]]]

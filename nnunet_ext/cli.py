@@ -11,10 +11,6 @@ import sys
 from nnunet_ext import discovery
 
 
-class UserInputError(Exception):
-    """Bad input whose message already names the problem and the fix."""
-
-
 def _cmd_synth(args: argparse.Namespace) -> None:
     from nnunet_ext.synthetic import make_synthetic_dataset
 
@@ -86,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     from nnunet_ext.catalog import UnknownTrainerError
 
     args = build_parser().parse_args(argv)
-    try:
+    try:  # our errors name the problem and the fix: print them without a traceback
         args.func(args)
-    except (UserInputError, UnknownTrainerError, FileExistsError, FileNotFoundError, ValueError) as error:
+    except (UnknownTrainerError, FileExistsError, FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"nnunet-ext {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -20,6 +20,7 @@ CONFIGURATION = "3d_fullres"
 FOLD = "0"
 NNUNET_PATH_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 # nnU-Net's training log lines worth echoing as progress
+SYNTHETIC_MARKER = "nnunet_ext.synthetic"  # in the description that make_synthetic_dataset writes
 PROGRESS_MARKERS = ("Epoch ", "train_loss", "Pseudo dice", "Epoch time", "Predicting", "done with")
 
 
@@ -102,8 +103,11 @@ def run_demo(workdir: str | os.PathLike = "nnunet_ext_demo", quick: bool = False
     if dataset_folder is None:
         announce(f"synthetic 3D dataset {dataset_id} -> {raw}")
         dataset_folder = make_synthetic_dataset(dataset_id, dim=3, num_cases=6 if quick else 10, raw_dir=raw)
+    elif SYNTHETIC_MARKER in json.loads((dataset_folder / "dataset.json").read_text()).get("description", ""):
+        announce(f"reusing the synthetic dataset {dataset_folder}")
     else:
-        announce(f"reusing dataset {dataset_folder}")
+        raise FileExistsError(f"Dataset {dataset_id} already exists ({dataset_folder}) and is not a synthetic one of "
+                              f"nnunet-ext; the demo leaves it alone. Pick a free id with --dataset-id.")
     dataset_name = dataset_folder.name
 
     preprocessed_plans = Path(env["nnUNet_preprocessed"]) / dataset_name / "nnUNetPlans.json"

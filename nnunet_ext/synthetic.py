@@ -10,7 +10,7 @@ like an abdominal scan for a short nnU-Net training to learn something real:
 * one or two tumours (label 2) inside the organ, irregular ellipsoids as well, together about 5-15 % of the organ.
 
 Channel 0 is CT-like, in Hounsfield units (air -1000, fat -100, muscle about 45, organ about 52, tumour hypodense by
-45-60 HU), blurred a little (partial volume) and with Gaussian noise. Further channels are MRI-like sequences
+50-65 HU), blurred a little (partial volume) and with Gaussian noise. Further channels are MRI-like sequences
 ("T1", "T2", "FLAIR", ...) with their own organ/tumour contrast, a smooth bias field, a per-case intensity scale
 and magnitude noise; their names make nnU-Net z-score them, while "CT" gets its CT normalisation.
 
@@ -314,7 +314,8 @@ def _draw_tumours(rng: np.random.Generator, organ: np.ndarray, organ_coords: lis
     """One draw of one or two tumours, clipped to ``organ``.
 
     Works in organ units (the organ's ellipsoid maps to the unit ball, ``depth`` is the distance to its border
-    there), where a tumour of volume fraction f has radius f ** (1 / dim) and keeps that distance from the border.
+    there), where a tumour of volume fraction f has radius about f ** (1 / dim) and its centre stays a little more
+    than that from the border.
     """
     shape = organ.shape
     num_tumours = int(rng.integers(1, 3))
@@ -323,7 +324,7 @@ def _draw_tumours(rng: np.random.Generator, organ: np.ndarray, organ_coords: lis
     tumour = np.zeros(shape, dtype=bool)
     centres: list[np.ndarray] = []
     for radius in radii:
-        allowed = depth >= radius
+        allowed = depth >= 1.2 * radius  # the margin covers the tumour's own wobble
         for previous_centre, previous_radius in zip(centres, radii):
             gap = np.sqrt(sum((c - p) ** 2 for c, p in zip(organ_coords, previous_centre)))
             allowed &= gap >= radius + previous_radius
@@ -344,7 +345,7 @@ def _render_ct(rng: np.random.Generator, tissue: np.ndarray, texture: np.ndarray
     """CT-like image in HU: per-case organ and tumour densities, textured viscera, partial volume and noise."""
     means = np.array(TISSUE_INTENSITIES["CT"])
     means[ORGAN] = rng.uniform(45.0, 60.0)
-    means[TUMOUR] = means[ORGAN] - rng.uniform(45.0, 60.0)  # hypodense, like most renal and liver lesions
+    means[TUMOUR] = means[ORGAN] - rng.uniform(50.0, 65.0)  # hypodense, as most lesions are on contrast-enhanced CT
     image = means[tissue] + CT_VISCERA_TEXTURE_HU * texture * (tissue == VISCERA)
     image = ndimage.gaussian_filter(image, PARTIAL_VOLUME_SIGMA_VOXELS)
     image += rng.normal(0.0, CT_NOISE_HU, tissue.shape)

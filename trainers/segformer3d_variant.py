@@ -36,7 +36,9 @@ class nnUNetTrainerSegFormer3DVariant(nnUNetTrainerExt):
 
     @classmethod
     def adjust_patch_size(cls, patch_size: list[int]) -> list[int]:
-        return SegFormer3DVariant.recommended_patch_size(patch_size)
+        # an axis below the network's minimum would be zero-padded in every step: train on real context instead
+        minimum = SegFormer3DVariant.minimum_axis_size()
+        return [max(p, minimum) for p in patch_size]
 
     @staticmethod
     def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,

@@ -1,0 +1,72 @@
+"""The SegFormer3D variant through nnU-Net's own console scripts: plan -> train -> predict -> resume -> validate
+-> find_best_configuration, plus the clear error for a 2D configuration. The tests of this module build on each
+other in file order (they share the session's results folder)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from conftest import PIPELINE_DATASET_ID, run_command
+
+from nnunet_ext.trainers import nnUNetTrainerSegFormer3DVariant
+
+TRAINER = "nnUNetTrainerSegFormer3DVariant_Smoke"
+DATASET = str(PIPELINE_DATASET_ID)
+
+
+def _results_folder(env, dataset_folder: Path, configuration: str) -> Path:
+    return Path(env["nnUNet_results"]) / dataset_folder.name / f"{TRAINER}__nnUNetPlans__{configuration}"
+
+
+def test_2d_configuration_is_refused_before_anything_is_written(nnunet_env, planned_dataset):
+    result = run_command(["nnUNetv2_train", DATASET, "2d", "0", "-tr", TRAINER, "-device", "cpu"], nnunet_env,
+                         expect_success=False)
+    assert "3D-only network" in result.stderr and "3d_fullres" in result.stderr
+    assert not _results_folder(nnunet_env, planned_dataset, "2d").exists()
+
+
+def test_train_writes_checkpoint_plans_and_network_size(nnunet_env, planned_dataset):
+    run_command(["nnUNetv2_train", DATASET, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"],
+                {**nnunet_env, "nnUNet_n_proc_DA": "0"})
+    results = _results_folder(nnunet_env, planned_dataset, "3d_fullres")
+    assert (results / "fold_0" / "checkpoint_final.pth").is_file()
+
+    planned = json.loads((Path(nnunet_env["nnUNet_preprocessed"]) / planned_dataset.name / "nnUNetPlans.json")
+                         .read_text())["configurations"]["3d_fullres"]["patch_size"]
+    trained = json.loads((results / "plans.json").read_text())["configurations"]["3d_fullres"]["patch_size"]
+    assert trained == nnUNetTrainerSegFormer3DVariant.adjust_patch_size(planned)  # the predictor reads this file
+
+    log = "".join(p.read_text() for p in (results / "fold_0").glob("training_log_*.txt"))
+    assert "Network SegFormer3DVariant:" in log and "GMAC per forward pass" in log
+
+
+def test_predict_writes_label_maps_of_input_geometry(nnunet_env, planned_dataset, tmp_path):
+    output = tmp_path / "predictions"
+    run_command(["nnUNetv2_predict", "-i", str(planned_dataset / "imagesTs"), "-o", str(output), "-d", DATASET,
+                 "-c", "3d_fullres", "-tr", TRAINER, "-f", "0", "-device", "cpu", "-npp", "0", "-nps", "0",
+                 "--disable_progress_bar"], nnunet_env)
+    for reference in sorted((planned_dataset / "labelsTs").glob("*.nii.gz")):
+        prediction = sitk.ReadImage(str(output / reference.name))
+        expected = sitk.ReadImage(str(reference))
+        assert prediction.GetSize() == expected.GetSize()
+        assert np.allclose(prediction.GetSpacing(), expected.GetSpacing())
+        assert set(np.unique(sitk.GetArrayFromImage(prediction))) <= {0, 1, 2}
+
+
+def test_resume_and_validate_with_npz(nnunet_env, planned_dataset):
+    env = {**nnunet_env, "nnUNet_n_proc_DA": "0"}
+    run_command(["nnUNetv2_train", DATASET, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu", "--c"], env)
+    run_command(["nnUNetv2_train", DATASET, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu", "--val", "--npz"],
+                env)
+    validation = _results_folder(nnunet_env, planned_dataset, "3d_fullres") / "fold_0" / "validation"
+    assert len(list(validation.glob("*.npz"))) == 2  # 6 cases, fold 0 of 5 holds 2 out
+    summary = json.loads((validation / "summary.json").read_text())
+    assert set(summary["mean"]) == {"1", "2"}
+
+
+def test_find_best_configuration_sees_the_trainer(nnunet_env, planned_dataset):
+    run_command(["nnUNetv2_find_best_configuration", DATASET, "-c", "3d_fullres", "-tr", TRAINER, "-f", "0",
+                 "-np", "1"], nnunet_env)
+    instructions = (Path(nnunet_env["nnUNet_results"]) / planned_dataset.name / "inference_instructions.txt")
+    assert TRAINER in instructions.read_text()
