@@ -1,4 +1,4 @@
-"""The trainers this package offers, looked up by name, with what ``nnunet-ext list`` shows about them."""
+"""The trainers this package offers and what ``nnunet-ext list`` shows about them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,16 +21,6 @@ def trainer_classes() -> dict[str, type]:
     return {name: obj for name in trainers.__all__
             if isinstance(obj := getattr(trainers, name), type) and issubclass(obj, nnUNetTrainer)
             and getattr(obj, "network_class", True) is not None}  # drops only the abstract nnUNetTrainerExt
-
-
-def resolve_trainer(name: str) -> type:
-    """The trainer class called ``name``; UnknownTrainerError lists the available ones otherwise."""
-    classes = trainer_classes()
-    if name not in classes:
-        raise UnknownTrainerError(
-            f"Unknown trainer '{name}'. nnunet-ext provides: {', '.join(sorted(classes))}. "
-            f"(nnU-Net's own trainers are used with the stock nnUNetv2_* commands.)")
-    return classes[name]
 
 
 def supported_configurations(trainer: type) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnunet_ext.architectures.profiling import count_parameters
-from nnunet_ext.catalog import resolve_trainer, supported_configurations
+from nnunet_ext.catalog import UnknownTrainerError, supported_configurations
 from nnunet_ext.synthetic import find_dataset_folder, make_synthetic_dataset
 
 CONFIGURATION = "3d_fullres"
@@ -58,16 +58,17 @@ def _run(command: list[str], env: dict[str, str], log_file: Path) -> None:
                                f"its output is in {log_file}")
 
 
-def _default_trainers() -> list[str]:
+def _demo_trainers(names: list[str] | None, quick: bool) -> list[tuple[str, str]]:
+    """(full-length name, short variant actually trained) per trainer; the default is every 3D one."""
     from nnunet_ext.trainers import TRAINERS
 
-    return [t.__name__ for t in TRAINERS if CONFIGURATION in supported_configurations(t)] + ["nnUNetTrainer"]
-
-
-def _short_variant(trainer_name: str, quick: bool) -> str:
+    available = [t.__name__ for t in TRAINERS if CONFIGURATION in supported_configurations(t)] + ["nnUNetTrainer"]
+    unknown = [n for n in names or [] if n not in available]
+    if unknown:
+        raise UnknownTrainerError(f"Unknown trainer {', '.join(repr(n) for n in unknown)} for the demo "
+                                  f"({CONFIGURATION}). It can compare: {', '.join(available)}.")
     suffix = "_Smoke" if quick else "_Demo"
-    resolve_trainer(trainer_name + suffix)  # unknown names fail here, listing what exists
-    return trainer_name + suffix
+    return [(name, name + suffix) for name in names or available]
 
 
 def _parameters(results_folder: Path) -> int:
@@ -85,10 +86,10 @@ def run_demo(workdir: str | os.PathLike = "nnunet_ext_demo", quick: bool = False
     """Synthesise, plan, train, predict and evaluate; print the table and write it to ``workdir/demo_results.md``."""
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder2
 
+    trainers = _demo_trainers(trainer_names, quick)
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     env = _environment(workdir)
-    trainers = [(name, _short_variant(name, quick)) for name in (trainer_names or _default_trainers())]
     log_file = workdir / "demo_log.txt"
     total_steps = 2 + 2 * len(trainers)
     step = 0

@@ -1,0 +1,48 @@
+"""The ``nnunet-ext`` command as a user runs it: listing, synthetic data, the demo, and its errors."""
+from pathlib import Path
+
+from conftest import run_command, scrubbed_environment
+
+
+def test_list_shows_trainers_and_active_discovery():
+    out = run_command(["nnunet-ext", "list"], scrubbed_environment()).stdout
+    assert "nnUNetTrainerSegFormer3DVariant" in out and "SegFormer3DVariant" in out
+    assert "3d_fullres" in out and "_Smoke" in out
+    assert "Discovery: active" in out
+
+
+def test_synth_without_nnunet_raw_names_the_variable():
+    result = run_command(["nnunet-ext", "synth", "5"], scrubbed_environment(), expect_success=False)
+    assert result.returncode == 2 and "nnUNet_raw" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_synth_refuses_an_existing_dataset_id_and_keeps_it(tmp_path):
+    existing = tmp_path / "Dataset005_Mine"
+    existing.mkdir()
+    (existing / "dataset.json").write_text("{}")
+    env = scrubbed_environment(nnUNet_raw=str(tmp_path))
+    result = run_command(["nnunet-ext", "synth", "5", "--cases", "2"], env, expect_success=False)
+    assert "--overwrite" in result.stderr and "Dataset005_Mine" in result.stderr
+    assert (existing / "dataset.json").read_text() == "{}"
+
+
+def test_unknown_trainer_lists_the_available_ones(tmp_path):
+    result = run_command(["nnunet-ext", "demo", "--workdir", str(tmp_path / "demo"), "--trainers", "nnUNetTrainerNope"],
+                         scrubbed_environment(), expect_success=False)
+    assert "Unknown trainer 'nnUNetTrainerNope'" in result.stderr
+    assert "nnUNetTrainerSegFormer3DVariant" in result.stderr
+    assert not (tmp_path / "demo").exists()
+
+
+def test_quick_demo_runs_the_pipeline_and_writes_the_table(tmp_path):
+    workdir = tmp_path / "demo"
+    out = run_command(["nnunet-ext", "demo", "--quick", "--workdir", str(workdir)], scrubbed_environment()).stdout
+    table = (workdir / "demo_results.md").read_text()
+    for trainer in ("nnUNetTrainerSegFormer3DVariant", "nnUNetTrainer "):
+        assert f"| {trainer.strip()} |" in table
+    assert "Dice organ" in table and "Dice tumour" in table
+    assert "[1/" in out  # progress is printed while it runs
+    assert len(list((workdir / "predictions" / "nnUNetTrainerSegFormer3DVariant_Smoke").glob("*.nii.gz"))) == 2
+
+    rerun = run_command(["nnunet-ext", "demo", "--quick", "--workdir", str(workdir)], scrubbed_environment()).stdout
+    assert "reusing the trained model" in rerun
