@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.functional import scaled_dot_product_attention
 
-from .blocks import ASPP, SCSE, AttentionGate, DepthwiseSeparableConv
+from .blocks import ASPP, SCSE, AttentionGate, DepthwiseSeparableConv, InstanceNorm
 
 Size3D = tuple[int, int, int]
 
@@ -248,7 +248,7 @@ class ASPPFPNDecoder(nn.Module):
         super().__init__()
         self.deep_supervision = deep_supervision
         skip_channels = encoder_channels[:-1]
-        self.aspp = ASPP(nn.Conv3d, encoder_channels[-1], channels, aspp_rates, norm_op=nn.InstanceNorm3d,
+        self.aspp = ASPP(nn.Conv3d, encoder_channels[-1], channels, aspp_rates, norm_op=InstanceNorm,
                          nonlin=nn.GELU)
         self.skip_scse = nn.ModuleList(SCSE(nn.Conv3d, c, reduction=8, min_channels=8, nonlin=nn.GELU)
                                        for c in skip_channels)
@@ -256,15 +256,17 @@ class ASPPFPNDecoder(nn.Module):
                                         for c in skip_channels)
         self.laterals = nn.ModuleList(nn.Conv3d(c, channels, 1, bias=False) for c in skip_channels)
         self.smooth = nn.ModuleList(
-            DepthwiseSeparableConv(nn.Conv3d, channels, channels, 3, norm_op=nn.InstanceNorm3d, nonlin=nn.GELU)
+            DepthwiseSeparableConv(nn.Conv3d, channels, channels, 3, norm_op=InstanceNorm, nonlin=nn.GELU)
             for _ in skip_channels)
         self.fuse = nn.Sequential(nn.Conv3d(len(encoder_channels) * channels, channels, 1, bias=False),
-                                  nn.InstanceNorm3d(channels), nn.GELU())
+                                  InstanceNorm(channels), nn.GELU())
         self.head = nn.Conv3d(channels, num_classes, 1)
         self.aux_head = nn.Conv3d(channels, num_classes, 1)
 
     def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        pyramid = [self.aspp(features[-1])]
+        # the encoder features are channels-last views of its tokens; keeping the whole decoder in that layout
+        # avoids layout copies and the slow mixed-layout path of depthwise convolutions on CPU
+        pyramid = [self.aspp(features[-1]).contiguous(memory_format=torch.channels_last_3d)]
         for level in reversed(range(len(features) - 1)):
             coarser = pyramid[0]
             skip = self.skip_gates[level](self.skip_scse[level](features[level]), coarser)

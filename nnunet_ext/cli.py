@@ -6,7 +6,9 @@ this command only adds what nnU-Net has no command for.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from nnunet_ext import discovery
 
@@ -47,6 +49,44 @@ def _cmd_demo(args: argparse.Namespace) -> None:
              overwrite=args.overwrite)
 
 
+def _resolve_any_trainer(name: str) -> type:
+    """One of ours, or one of nnU-Net's own; UnknownTrainerError lists ours otherwise."""
+    from nnunet_ext.catalog import UnknownTrainerError, trainer_classes
+
+    ours = trainer_classes()
+    if name in ours:
+        return ours[name]
+    import nnunetv2
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+    builtin = recursive_find_python_class(str(Path(nnunetv2.__path__[0], "training", "nnUNetTrainer")), name,
+                                          "nnunetv2.training.nnUNetTrainer")
+    if builtin is None:
+        raise UnknownTrainerError(f"Unknown trainer '{name}': neither nnU-Net's nor one of nnunet-ext's "
+                                  f"({', '.join(sorted(ours))}).")
+    return builtin
+
+
+def _cmd_check(args: argparse.Namespace) -> None:
+    from nnunet_ext import checks
+
+    paths = checks.require_nnunet_paths()
+    print("ok  nnU-Net folders: " + ", ".join(f"{k}={v}" for k, v in paths.items()))
+    dataset_name = checks.find_dataset(args.dataset, paths)
+    print(f"ok  dataset {dataset_name}")
+    plans = checks.load_plans(dataset_name, args.plans, args.configuration, paths)
+    trainer = _resolve_any_trainer(args.trainer)
+    checks.check_trainer_configuration(trainer, plans, args.configuration)
+    print(f"ok  {trainer.__name__} can train and predict configuration '{args.configuration}' of {args.plans}")
+    if args.input is not None:
+        dataset_json = json.loads((paths["nnUNet_preprocessed"] / dataset_name / "dataset.json").read_text())
+        cases = checks.check_input_channels(Path(args.input), dataset_json)
+        print(f"ok  {cases} case(s) in {args.input} with the model's {len(dataset_json['channel_names'])} channel(s)")
+    if not discovery.is_active():
+        print("!!  trainer discovery is inactive in this environment; activate it with:\n    "
+              + discovery.export_line())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunet-ext", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dataset-id", type=int, default=501)
     demo.add_argument("--overwrite", action="store_true", help="retrain and re-predict instead of reusing results")
     demo.set_defaults(func=_cmd_demo)
+
+    check = sub.add_parser("check", help="preflight: nnU-Net folders, dataset, plans, trainer vs configuration, "
+                                         "input channels")
+    check.add_argument("-d", dest="dataset", required=True, help="dataset id or name")
+    check.add_argument("-c", dest="configuration", required=True)
+    check.add_argument("-tr", dest="trainer", required=True)
+    check.add_argument("-p", dest="plans", default="nnUNetPlans")
+    check.add_argument("-i", dest="input", default=None, help="an input folder for nnUNetv2_predict")
+    check.set_defaults(func=_cmd_check)
 
     listing = sub.add_parser("list", help="the trainers, their networks and whether nnU-Net can see them")
     listing.set_defaults(func=_cmd_list)

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from nnunet_ext.architectures.profiling import count_parameters
 from nnunet_ext.catalog import UnknownTrainerError, supported_configurations
+from nnunet_ext.checks import NNUNET_PATH_VARIABLES
 from nnunet_ext.synthetic import find_dataset_folder, make_synthetic_dataset
 
 CONFIGURATION = "3d_fullres"
 FOLD = "0"
-NNUNET_PATH_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 # nnU-Net's training log lines worth echoing as progress
 SYNTHETIC_MARKER = "nnunet_ext.synthetic"  # in the description that make_synthetic_dataset writes
 PROGRESS_MARKERS = ("Epoch ", "train_loss", "Pseudo dice", "Epoch time", "Predicting", "done with")

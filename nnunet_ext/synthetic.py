@@ -9,8 +9,11 @@ like an abdominal scan for a short nnU-Net training to learn something real:
   low-frequency noise, kept inside the viscera;
 * one or two tumours (label 2) inside the organ, irregular ellipsoids as well, together about 5-15 % of the organ.
 
-Channel 0 is CT-like, in Hounsfield units (air -1000, fat -100, muscle about 45, organ about 52, tumour hypodense by
-50-65 HU), blurred a little (partial volume) and with Gaussian noise. Further channels are MRI-like sequences
+Channel 0 is CT-like, in Hounsfield units (air -1000, fat -100, muscle about 45, organ 45-60, tumour 50-65 HU
+brighter than the organ, like a hypervascular lesion in the arterial phase), blurred a little (partial volume) and
+with Gaussian noise. The tumour is hyperdense on purpose: nnU-Net's CT normalisation clips intensities to the
+foreground's 0.5-99.5 percentiles, which would flatten a hypodense tumour into the darker surroundings and leave only
+its shape to learn, too slow for a short CPU training. Further channels are MRI-like sequences
 ("T1", "T2", "FLAIR", ...) with their own organ/tumour contrast, a smooth bias field, a per-case intensity scale
 and magnitude noise; their names make nnU-Net z-score them, while "CT" gets its CT normalisation.
 
@@ -36,7 +39,7 @@ import os
 import pathlib
 import re
 import shutil
-import tempfile
+import uuid
 
 import numpy as np
 import SimpleITK as sitk
@@ -54,10 +57,10 @@ FILE_ENDING = ".nii.gz"
 
 # Tissue classes of the phantom; they index the rows of TISSUE_INTENSITIES.
 AIR, FAT, MUSCLE, VISCERA, ORGAN, TUMOUR = range(6)
-# Mean intensity of air, fat, muscle, viscera, organ and tumour per channel. CT is in HU; the MRI-like sequences
-# are in arbitrary units and each gives the tumour a different contrast to the organ.
+# Mean intensity of air, fat, muscle, viscera, organ and tumour per channel. CT is in HU (organ and tumour vary
+# per case around these); the MRI-like sequences are in arbitrary units, each with its own tumour contrast.
 TISSUE_INTENSITIES = {
-    "CT": (-1000.0, -100.0, 45.0, -40.0, 52.0, 0.0),
+    "CT": (-1000.0, -100.0, 45.0, -40.0, 52.0, 110.0),
     "T1": (0.0, 900.0, 450.0, 550.0, 650.0, 380.0),
     "T2": (0.0, 700.0, 280.0, 450.0, 320.0, 800.0),
     "FLAIR": (0.0, 600.0, 300.0, 420.0, 380.0, 650.0),
@@ -127,7 +130,7 @@ def make_synthetic_dataset(dataset_id: int, *, dim: int = 3, num_cases: int = 10
         FileExistsError: a raw folder with this id exists and ``overwrite`` is False (nothing is touched then).
     """
     _check_dataset_id(dataset_id)
-    _check_arguments(dim, num_cases, num_test_cases, channels)
+    _check_arguments(dim, num_cases, num_test_cases, channels, seed)
     shape = _check_shape(dim, shape)
     name = _check_name(name if name is not None else _default_name(dim, channels, regions))
     root = _resolve_raw_dir(raw_dir)
@@ -142,7 +145,8 @@ def make_synthetic_dataset(dataset_id: int, *, dim: int = 3, num_cases: int = 10
     target = root / f"Dataset{dataset_id:03d}_{name}"
     # Build the dataset in a hidden sibling folder (nnU-Net only looks at "Dataset*" folders) and rename it at the
     # end, so an interrupted run never leaves a half dataset under the real name.
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.incomplete-", dir=root))
+    staging = root / f".{target.name}.incomplete-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
     try:
         _write_dataset(staging, name, num_cases, num_test_cases, channels, regions, shape, seed)
         for folder in existing:
@@ -154,29 +158,35 @@ def make_synthetic_dataset(dataset_id: int, *, dim: int = 3, num_cases: int = 10
     return target
 
 
+def _is_integer(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _check_dataset_id(dataset_id: int) -> None:
-    if isinstance(dataset_id, bool) or not isinstance(dataset_id, (int, np.integer)) or not 1 <= dataset_id <= 999:
+    if not _is_integer(dataset_id) or not 1 <= dataset_id <= 999:
         raise ValueError(f"Invalid dataset id {dataset_id!r}: nnU-Net dataset ids are integers from 1 to 999.")
 
 
-def _check_arguments(dim: int, num_cases: int, num_test_cases: int, channels: int) -> None:
-    if dim not in (2, 3):
+def _check_arguments(dim: int, num_cases: int, num_test_cases: int, channels: int, seed: int) -> None:
+    if not _is_integer(dim) or dim not in (2, 3):
         raise ValueError(f"Invalid dim {dim!r}: use 2 (2D slices) or 3 (3D volumes).")
-    if not isinstance(num_cases, (int, np.integer)) or num_cases < 1:
+    if not _is_integer(num_cases) or num_cases < 1:
         raise ValueError(f"Invalid number of training cases {num_cases!r}: use at least 1 "
                          "(at least 5 for nnU-Net's 5-fold cross-validation).")
-    if not isinstance(num_test_cases, (int, np.integer)) or num_test_cases < 0:
+    if not _is_integer(num_test_cases) or num_test_cases < 0:
         raise ValueError(f"Invalid number of test cases {num_test_cases!r}: use 0 or more.")
-    if not isinstance(channels, (int, np.integer)) or not 1 <= channels <= MAX_CHANNELS:
+    if not _is_integer(channels) or not 1 <= channels <= MAX_CHANNELS:
         raise ValueError(f"Invalid number of channels {channels!r}: use 1 to {MAX_CHANNELS} "
                          f"({', '.join(CHANNEL_NAMES)}).")
+    if not _is_integer(seed) or seed < 0:
+        raise ValueError(f"Invalid seed {seed!r}: use an integer of 0 or more.")
 
 
 def _check_shape(dim: int, shape: tuple[int, ...] | None) -> tuple[int, ...]:
     if shape is None:
         return DEFAULT_SHAPE_3D if dim == 3 else DEFAULT_SHAPE_2D
     shape = tuple(shape)
-    if len(shape) != dim or not all(isinstance(s, (int, np.integer)) and s >= MIN_AXIS_LENGTH for s in shape):
+    if len(shape) != dim or not all(_is_integer(s) and s >= MIN_AXIS_LENGTH for s in shape):
         axes = "(z, y, x)" if dim == 3 else "(y, x)"
         raise ValueError(f"Invalid shape {shape!r} for dim={dim}: give {dim} integers {axes}, "
                          f"each at least {MIN_AXIS_LENGTH}.")
@@ -199,8 +209,8 @@ def _resolve_raw_dir(raw_dir: str | os.PathLike | None) -> pathlib.Path:
         return pathlib.Path(raw_dir)
     from_environment = os.environ.get("nnUNet_raw")
     if not from_environment:
-        raise RuntimeError("The environment variable nnUNet_raw is not set, so there is nowhere to write the "
-                           "dataset. Set it, e.g. `export nnUNet_raw=/path/to/nnUNet_raw`, or pass raw_dir.")
+        raise RuntimeError("The environment variable nnUNet_raw is not set, so nnU-Net's raw data folder is "
+                           "unknown. Set it, e.g. `export nnUNet_raw=/path/to/nnUNet_raw`, or pass raw_dir.")
     return pathlib.Path(from_environment)
 
 
@@ -344,8 +354,9 @@ def _draw_tumours(rng: np.random.Generator, organ: np.ndarray, organ_coords: lis
 def _render_ct(rng: np.random.Generator, tissue: np.ndarray, texture: np.ndarray) -> np.ndarray:
     """CT-like image in HU: per-case organ and tumour densities, textured viscera, partial volume and noise."""
     means = np.array(TISSUE_INTENSITIES["CT"])
-    means[ORGAN] = rng.uniform(45.0, 60.0)
-    means[TUMOUR] = means[ORGAN] - rng.uniform(50.0, 65.0)  # hypodense, as most lesions are on contrast-enhanced CT
+    organ_shift = rng.uniform(-7.0, 8.0)
+    means[ORGAN] += organ_shift  # 45..60 HU
+    means[TUMOUR] += organ_shift + rng.uniform(-8.0, 7.0)  # 50..65 HU above the organ
     image = means[tissue] + CT_VISCERA_TEXTURE_HU * texture * (tissue == VISCERA)
     image = ndimage.gaussian_filter(image, PARTIAL_VOLUME_SIGMA_VOXELS)
     image += rng.normal(0.0, CT_NOISE_HU, tissue.shape)

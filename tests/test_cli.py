@@ -1,5 +1,5 @@
 """The ``nnunet-ext`` command as a user runs it: listing, synthetic data, the demo, and its errors."""
-from pathlib import Path
+import shutil
 
 from conftest import run_command, scrubbed_environment
 
@@ -46,3 +46,28 @@ def test_quick_demo_runs_the_pipeline_and_writes_the_table(tmp_path):
 
     rerun = run_command(["nnunet-ext", "demo", "--quick", "--workdir", str(workdir)], scrubbed_environment()).stdout
     assert "reusing the trained model" in rerun
+
+
+def test_check_passes_and_names_each_bad_input(nnunet_env, planned_dataset, tmp_path):
+    dataset = planned_dataset.name[7:10]
+    check = ["nnunet-ext", "check", "-d", dataset, "-tr", "nnUNetTrainerSegFormer3DVariant"]
+    ok = run_command(check + ["-c", "3d_fullres", "-i", str(planned_dataset / "imagesTs")], nnunet_env).stdout
+    assert "2 case(s)" in ok and "can train and predict configuration '3d_fullres'" in ok
+
+    extra_channel = tmp_path / "two_channels"
+    extra_channel.mkdir()
+    image = next((planned_dataset / "imagesTs").glob("*_0000.nii.gz"))
+    for channel in ("0000", "0001"):
+        shutil.copy(image, extra_channel / image.name.replace("_0000", f"_{channel}"))
+    failures = {
+        "channels": check + ["-c", "3d_fullres", "-i", str(extra_channel)],
+        "2d": check + ["-c", "2d"],
+        "dataset": ["nnunet-ext", "check", "-d", "998", "-c", "3d_fullres", "-tr", "nnUNetTrainer"],
+    }
+    messages = {key: run_command(command, nnunet_env, expect_success=False).stderr
+                for key, command in failures.items()}
+    assert "0000, 0001" in messages["channels"] and "1 channel(s)" in messages["channels"]
+    assert "3D-only" in messages["2d"] and "3d_fullres" in messages["2d"]
+    assert "Dataset '998' not found" in messages["dataset"] and planned_dataset.name in messages["dataset"]
+    missing_env = {k: v for k, v in nnunet_env.items() if k != "nnUNet_results"}
+    assert "nnUNet_results" in run_command(failures["2d"], missing_env, expect_success=False).stderr

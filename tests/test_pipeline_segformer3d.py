@@ -2,6 +2,7 @@
 -> find_best_configuration, plus the clear error for a 2D configuration. The tests of this module build on each
 other in file order (they share the session's results folder)."""
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +71,15 @@ def test_find_best_configuration_sees_the_trainer(nnunet_env, planned_dataset):
                  "-np", "1"], nnunet_env)
     instructions = (Path(nnunet_env["nnUNet_results"]) / planned_dataset.name / "inference_instructions.txt")
     assert TRAINER in instructions.read_text()
+
+
+def test_ddp_training_on_two_cpu_ranks(nnunet_env, planned_dataset):
+    """nnU-Net's DDP wrapper (no find_unused_parameters) with deep supervision on: every parameter must get a
+    gradient in every step, or DDP raises on the second iteration."""
+    harness = Path(__file__).with_name("ddp_cpu_harness.py")
+    run_command([sys.executable, str(harness), DATASET, "3d_fullres", "1", TRAINER, "2"],
+                {**nnunet_env, "nnUNet_n_proc_DA": "0", "MASTER_PORT": "29561"})
+    fold = _results_folder(nnunet_env, planned_dataset, "3d_fullres") / "fold_1"
+    assert (fold / "checkpoint_final.pth").is_file()
+    log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    assert "train_loss" in log

@@ -6,8 +6,8 @@ dynamic-network-architectures does, and works in 2D and 3D.
 from .aspp import ASPP
 from .attention_gate import AttentionGate
 from .depthwise_separable import DepthwiseSeparableConv
-from .ops import interpolation_mode, matching_norm, spatial_dims
+from .ops import InstanceNorm, interpolation_mode, matching_norm, spatial_dims
 from .scse import SCSE
 
-__all__ = ["ASPP", "AttentionGate", "DepthwiseSeparableConv", "SCSE", "interpolation_mode", "matching_norm",
+__all__ = ["ASPP", "AttentionGate", "DepthwiseSeparableConv", "InstanceNorm", "SCSE", "interpolation_mode", "matching_norm",
            "spatial_dims"]

@@ -7,6 +7,26 @@ from __future__ import annotations
 
 from torch import nn
 
+class InstanceNorm(nn.GroupNorm):
+    """Instance normalisation (Ulyanov et al., 2016) for any number of spatial axes, via the group-norm kernel.
+
+    Equals ``nn.InstanceNorm{1,2,3}d`` with ``track_running_stats=False`` (statistics per sample and channel,
+    biased variance, optional per-channel affine), but keeps the input's memory format: the instance-norm kernel
+    returns channels-first tensors, which forces layout copies around channels-last convolutions.
+
+    Args:
+        num_features: channels C.
+        eps: added to the variance.
+        affine: learnable per-channel scale and shift (``weight``/``bias`` of shape (C,), as in InstanceNorm).
+
+    Shapes:
+        input (B, C, *spatial) → output of the same shape and memory format.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = False) -> None:
+        super().__init__(num_features, num_features, eps=eps, affine=affine)
+
+
 _SPATIAL_DIMS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
 _INTERPOLATION_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 _NORMS = {
