@@ -345,8 +345,8 @@ class SegFormer3DVariant(nn.Module):
 
     def _padded_size(self, size: Sequence[int]) -> list[int]:
         padded = [max(s, self.min_axis_size) for s in size]
-        if math.prod(math.ceil(s / self.total_stride) for s in padded) < 2:
-            padded[-1] = max(padded[-1], self.total_stride + 1)
+        if all(s <= self.total_stride for s in padded):  # the deepest map would hold a single position
+            padded[-1] = self.total_stride + 1
         return padded
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:

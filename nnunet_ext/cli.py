@@ -19,8 +19,11 @@ def _cmd_synth(args: argparse.Namespace) -> None:
     folder = make_synthetic_dataset(args.dataset_id, dim=args.dim, num_cases=args.cases,
                                     num_test_cases=args.test_cases, channels=args.channels, regions=args.regions,
                                     overwrite=args.overwrite, seed=args.seed)
+    # after --overwrite an old fingerprint in nnUNet_preprocessed would be reused without --clean
     print(f"Wrote {folder}\nNext: nnUNetv2_plan_and_preprocess -d {args.dataset_id} "
-          f"-c {'3d_fullres' if args.dim == 3 else '2d'}")
+          f"-c {'3d_fullres' if args.dim == 3 else '2d'}{' --clean' if args.overwrite else ''}")
+    if args.cases < 5:
+        print(f"Note: {args.cases} training cases allow only fold 'all'; 5-fold cross-validation needs 5 or more.")
 
 
 def _cmd_list(args: argparse.Namespace) -> None:

@@ -260,8 +260,7 @@ def _make_case(rng: np.random.Generator, shape: tuple[int, ...],
                channel_names: tuple[str, ...]) -> tuple[list[np.ndarray], np.ndarray]:
     """Draw one case: a list of int16 images (one per channel) and the uint8 label map (0, 1 organ, 2 tumour)."""
     tissue, label = _make_anatomy(rng, shape)
-    texture = _smooth_field(rng, shape, control_points=8)
-    images = [_render_ct(rng, tissue, texture) if channel_name == "CT" else _render_mri(rng, tissue, channel_name)
+    images = [_render_ct(rng, tissue) if channel_name == "CT" else _render_mri(rng, tissue, channel_name)
               for channel_name in channel_names]
     return images, label
 
@@ -270,7 +269,8 @@ def _make_anatomy(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[np.
     """Return the tissue-class map and the label map of one case."""
     coords = np.meshgrid(*[np.linspace(-1 + 1 / n, 1 - 1 / n, n) for n in shape], indexing="ij")
 
-    # Body: an ellipse in every slice (same outline along z, like a CT slab), its radius wobbling slightly.
+    # Body: an ellipse in every slice (it runs through the whole volume, like the trunk in a CT slab), its radius
+    # wobbling slightly.
     body_centre = rng.uniform(-0.03, 0.03, 2)
     body_radii = (rng.uniform(0.78, 0.88), rng.uniform(0.86, 0.95))
     body_distance = np.sqrt(sum(((c - m) / r) ** 2 for c, m, r in zip(coords[-2:], body_centre, body_radii)))
@@ -351,12 +351,13 @@ def _draw_tumours(rng: np.random.Generator, organ: np.ndarray, organ_coords: lis
     return tumour & organ
 
 
-def _render_ct(rng: np.random.Generator, tissue: np.ndarray, texture: np.ndarray) -> np.ndarray:
+def _render_ct(rng: np.random.Generator, tissue: np.ndarray) -> np.ndarray:
     """CT-like image in HU: per-case organ and tumour densities, textured viscera, partial volume and noise."""
     means = np.array(TISSUE_INTENSITIES["CT"])
     organ_shift = rng.uniform(-7.0, 8.0)
     means[ORGAN] += organ_shift  # 45..60 HU
     means[TUMOUR] += organ_shift + rng.uniform(-8.0, 7.0)  # 50..65 HU above the organ
+    texture = _smooth_field(rng, tissue.shape, control_points=8)
     image = means[tissue] + CT_VISCERA_TEXTURE_HU * texture * (tissue == VISCERA)
     image = ndimage.gaussian_filter(image, PARTIAL_VOLUME_SIGMA_VOXELS)
     image += rng.normal(0.0, CT_NOISE_HU, tissue.shape)
