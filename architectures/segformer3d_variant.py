@@ -9,11 +9,16 @@ Papers:
         decoder with scSE and attention gates on the skips, depthwise-separable smoothing, auxiliary head
         (github.com/KyriakiKolpetinou/PancreasTumorSegmentation, models/segformer3d_variant.py).
 
-Re-implemented from a written description of that model. Computation differs from the original only where the
-result is mathematically the same: attention uses ``F.scaled_dot_product_attention`` instead of an explicit score
-matrix, tokens stay in one memory layout throughout the encoder (convolutions see channels-last views of them),
-and the attention gate resizes φ(gate) instead of the gate (a 1×1 convolution without bias commutes with
-interpolation).
+Re-implemented from a written description of that model: the same parameter tensors (names are our own) and the
+same function. The computation differs only where the result is mathematically identical:
+  * attention uses ``F.scaled_dot_product_attention`` instead of an explicit score matrix;
+  * tokens keep one memory layout; convolutions work on channels-last views of them, and the decoder stays
+    channels-last (instance norm via the group-norm kernel, which keeps that layout);
+  * the attention gates resize φ(gate) instead of the gate (a 1×1 convolution without bias commutes with
+    interpolation);
+  * on CPU, the depthwise convolutions' backward pass is built from forward convolutions (``blocks.depthwise``).
+One addition: inputs with an axis too short for the layers (the original needs ≥ 7 per axis) are zero-padded
+internally and the outputs cropped back, so nnU-Net's sliding window can never crash on them.
 """
 from __future__ import annotations
 
@@ -25,9 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.functional import scaled_dot_product_attention
 
-from .blocks import ASPP, SCSE, AttentionGate, DepthwiseSeparableConv, InstanceNorm
+from .blocks import ASPP, SCSE, AttentionGate, DepthwiseSeparableConv, InstanceNorm, depthwise_conv
 
 Size3D = tuple[int, int, int]
+DEFAULT_SR_RATIOS = (4, 2, 1, 1)
 
 
 def _tokens_to_volume(tokens: torch.Tensor, size: Size3D) -> torch.Tensor:
@@ -65,7 +71,10 @@ class HybridConvStem(nn.Module):
         self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Size3D]:
-        x = self.act(self.bn2(self.conv2(self.act(self.bn1(self.conv1(x))))))
+        # channels-last from the first feature map on: the tokens are channels-last, and a convolution whose
+        # input and gradient layouts differ pays a layout copy of its full-resolution input in the backward pass
+        x = self.conv1(x).contiguous(memory_format=torch.channels_last_3d)
+        x = self.act(self.bn2(self.conv2(self.act(self.bn1(x)))))
         return self.norm(_volume_to_tokens(x)), tuple(x.shape[2:])
 
 
@@ -157,7 +166,7 @@ class MixFFN(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor, size: Size3D) -> torch.Tensor:
-        hidden = self.act(self.bn(self.dwconv(_tokens_to_volume(self.fc1(x), size))))
+        hidden = self.act(self.bn(depthwise_conv(self.dwconv, _tokens_to_volume(self.fc1(x), size))))
         return self.fc2(_volume_to_tokens(hidden))
 
 
@@ -229,7 +238,8 @@ class ASPPFPNDecoder(nn.Module):
     P4 = ASPP(c4); for k = 3, 2, 1: s = AttentionGate(scSE(c_k), gate = P_{k+1});
     P_k = DWSeparable(resize(P_{k+1}) + 1×1 conv(s)) with InstanceNorm + GELU. Main head ("fuse all"):
     concat(P1, resize(P2), resize(P3), resize(P4)) → 1×1 conv → InstanceNorm → GELU → 1×1 conv → classes.
-    Auxiliary head: 1×1 conv on P2. All resizing is trilinear, align_corners=False; InstanceNorm3d is not affine.
+    Auxiliary head: 1×1 conv on P2. All resizing is trilinear, align_corners=False; instance norms are not
+    affine.
 
     Args:
         encoder_channels: channels of c1..c4.
@@ -310,29 +320,49 @@ class SegFormer3DVariant(nn.Module):
         align_corners=False upsampling from stride 2).
         ``decoder.deep_supervision`` True → [main (B, K, D, H, W), aux (B, K, ceil(D/4), ceil(H/4), ceil(W/4))];
         the auxiliary logits stay at the native stride-4 resolution of P2 (nnU-Net downsamples the targets).
-        An axis shorter than ``min_axis_size`` (7 with the default SR ratios) is zero-padded at its end, and so is
-        the last axis when the stride-16 map would hold a single position (instance norm needs two); outputs are
-        cropped back, so they always have the sizes above.
+        An axis shorter than ``minimum_axis_size()`` (7 with the default SR ratios) is zero-padded at its end, and
+        so is the last axis when the stride-16 map would hold a single position (instance norm needs two), see
+        ``padded_input_size``; outputs are cropped back, so they always have the sizes above.
 
-    Measured at input 1×32×160×208, 1 channel, 3 classes (original: 4,769,488 parameters, 72.9 GMAC):
-        parameters: MEASURED_PARAMS; MACs: MEASURED_MACS (convolutions, linear layers and attention matmuls).
-        Command: MEASURE_COMMAND
+    Measured at input 1×32×160×208, 1 channel, 3 classes (the original measures 4,769,488 parameters, 72.94 GMAC):
+        4,769,488 parameters (identical); 71.84 GMAC counting convolutions, linear layers and the attention
+        matmuls (-1.5 %: the attention gates apply φ at the gate's resolution, 1.1 GMAC less for the same result).
+        python -c "from nnunet_ext.architectures import SegFormer3DVariant as N;
+        from nnunet_ext.architectures.profiling import count_macs, count_parameters;
+        n = N(1, 3); print(count_parameters(n), count_macs(n, (1, 1, 32, 160, 208)))"
     """
 
     deep_supervision_strides: tuple[int, ...] = (1, 4)
 
     def __init__(self, input_channels: int, num_classes: int, deep_supervision: bool = False,
                  embed_dims: Sequence[int] = (32, 64, 160, 256), depths: Sequence[int] = (2, 2, 2, 2),
-                 num_heads: Sequence[int] = (1, 2, 5, 8), sr_ratios: Sequence[int] = (4, 2, 1, 1),
+                 num_heads: Sequence[int] = (1, 2, 5, 8), sr_ratios: Sequence[int] = DEFAULT_SR_RATIOS,
                  mlp_ratio: int = 4, decoder_channels: int = 128, aspp_rates: Sequence[int] = (1, 2, 3)) -> None:
         super().__init__()
         if not len(embed_dims) == len(depths) == len(num_heads) == len(sr_ratios):
             raise ValueError("embed_dims, depths, num_heads and sr_ratios need one entry per stage")
         self.encoder = MixVisionTransformer3D(input_channels, embed_dims, depths, num_heads, sr_ratios, mlp_ratio)
         self.decoder = ASPPFPNDecoder(embed_dims, num_classes, decoder_channels, aspp_rates, deep_supervision)
+        self.sr_ratios = tuple(sr_ratios)
+
+    @staticmethod
+    def minimum_axis_size(sr_ratios: Sequence[int] = DEFAULT_SR_RATIOS) -> int:
+        """Shortest axis the layers take without padding (7 with the default SR ratios)."""
         # stage i works at stride 2^(i+1) on ceil-sized maps; its key/value reduction needs sr_ratio positions
-        self.min_axis_size = max((sr - 1) * 2 ** (i + 1) + 1 for i, sr in enumerate(sr_ratios))
-        self.total_stride = 2 ** len(embed_dims)
+        return max((sr - 1) * 2 ** (i + 1) + 1 for i, sr in enumerate(sr_ratios))
+
+    @classmethod
+    def padded_input_size(cls, size: Sequence[int], sr_ratios: Sequence[int] = DEFAULT_SR_RATIOS) -> list[int]:
+        """The spatial size the layers process for an input of ``size`` (equal to ``size`` when no padding).
+
+        Every axis is at least ``minimum_axis_size``; and when every axis fits into one position of the deepest
+        stage (stride 2^stages), the last axis is extended so that instance and batch norms there see two.
+        """
+        total_stride = 2 ** len(sr_ratios)
+        padded = [max(s, cls.minimum_axis_size(sr_ratios)) for s in size]
+        if all(s <= total_stride for s in padded):
+            padded[-1] = total_stride + 1
+        return padded
 
     @classmethod
     def deep_supervision_scales(cls, patch_size: Sequence[int]) -> list[list[float]]:
@@ -343,15 +373,9 @@ class SegFormer3DVariant(nn.Module):
         """
         return [[math.ceil(s / stride) / s for s in patch_size] for stride in cls.deep_supervision_strides]
 
-    def _padded_size(self, size: Sequence[int]) -> list[int]:
-        padded = [max(s, self.min_axis_size) for s in size]
-        if all(s <= self.total_stride for s in padded):  # the deepest map would hold a single position
-            padded[-1] = self.total_stride + 1
-        return padded
-
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         size = list(x.shape[2:])
-        padded = self._padded_size(size)
+        padded = self.padded_input_size(size, self.sr_ratios)
         if padded != size:
             pads = [amount for s, p in zip(reversed(size), reversed(padded)) for amount in (0, p - s)]
             x = F.pad(x, pads)

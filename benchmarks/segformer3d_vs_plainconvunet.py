@@ -13,15 +13,17 @@ Networks:
   original-style          the same network with its attention computed as the original repository does, an
                           explicit softmax(Q·Kᵀ·d^-1/2)·V (score matrix stored), to show what SDPA saves.
 
-Peak memory: CUDA, ``torch.cuda.max_memory_allocated`` during the timed steps minus the memory allocated before
-them (model, input); CPU, the growth of the subprocess' peak RSS (``resource.getrusage``) over the same span.
+Peak memory: CUDA, ``torch.cuda.max_memory_allocated`` over the training steps (warm-up included) minus the memory
+allocated before them (model, input); CPU, the growth of the subprocess' peak RSS (``resource.getrusage``) over
+the same span.
 On CUDA the steps run under fp16 autocast, as nnU-Net trains.
 
 Usage (needs nnunet-ext installed, or its source on PYTHONPATH):
-  python benchmarks/segformer3d_vs_plainconvunet.py                        # CPU, 32x96x96, batch 2 (minutes)
+  python benchmarks/segformer3d_vs_plainconvunet.py                        # CPU, 32x96x96, batch 2: ~1.5 min
   python benchmarks/segformer3d_vs_plainconvunet.py --device cuda          # original patch 32x160x208, batch 2
-  python benchmarks/segformer3d_vs_plainconvunet.py --patch 32 160 208 --steps 2   # original patch on CPU:
-      # about ten times the default's run time; original-style alone needs ~10 GB of RAM there
+  python benchmarks/segformer3d_vs_plainconvunet.py --patch 32 160 208 --batch 1 --steps 2
+      # the original patch on CPU (nnU-Net's U-Net makes it 32x160x224): ~3 min on 2 cores; original-style
+      # needs ~6.5 GB of RAM there (~13 GB at batch 2)
   python benchmarks/segformer3d_vs_plainconvunet.py --plans nnUNet_preprocessed/DatasetX/nnUNetPlans.json \\
       --configuration 3d_fullres --channels 1 --classes 3                # the plan's own U-Net and patch
 """

@@ -5,7 +5,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_ext.architectures.blocks import (ASPP, SCSE, AttentionGate, DepthwiseSeparableConv, InstanceNorm,
-                                             interpolation_mode, matching_norm, spatial_dims)
+                                             depthwise_conv, interpolation_mode, matching_norm, spatial_dims)
+from nnunet_ext.architectures.blocks import depthwise as depthwise_module
 
 CONV_OPS = {2: nn.Conv2d, 3: nn.Conv3d}
 
@@ -77,6 +78,46 @@ def test_depthwise_separable_conv_keeps_channels_apart_in_the_depthwise_step():
     block.depthwise(x)[:, 0].sum().backward()
     assert x.grad[:, 0].abs().sum() > 0
     assert x.grad[:, 1:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("bias", [False, True])
+def test_depthwise_conv_gradients_equal_pytorch(dims, dilation, bias):
+    conv = CONV_OPS[dims](5, 5, 3, padding=dilation, dilation=dilation, groups=5, bias=bias)
+    x = _input(dims, 5, size=8, batch=3)
+    if dims == 3:
+        x = x.contiguous(memory_format=torch.channels_last_3d)  # the layout the networks feed it
+    grad_out = torch.randn(3, 5, *([8] * dims))
+    results = []
+    for apply in (lambda inp: depthwise_conv(conv, inp), conv):
+        inp = x.clone().requires_grad_()
+        conv.zero_grad()
+        out = apply(inp)
+        out.backward(grad_out)
+        results.append((out, inp.grad, conv.weight.grad.clone(), conv.bias.grad.clone() if bias else None))
+    (out, grad_x, grad_w, grad_b), (ref_out, ref_x, ref_w, ref_b) = results
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(grad_x, ref_x, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad_w, ref_w, atol=1e-4, rtol=1e-5)
+    if bias:
+        torch.testing.assert_close(grad_b, ref_b, atol=1e-4, rtol=1e-5)
+
+
+def test_depthwise_conv_uses_the_custom_backward_only_where_it_is_valid(monkeypatch):
+    calls = []
+    original = depthwise_module._DepthwiseConvFunction.apply
+    monkeypatch.setattr(depthwise_module._DepthwiseConvFunction, "apply",
+                        lambda *args: calls.append(1) or original(*args))
+    x = _input(3, 4, size=6).requires_grad_()
+    depthwise_conv(nn.Conv3d(4, 4, 3, padding=1, groups=4), x)
+    assert len(calls) == 1
+    depthwise_conv(nn.Conv3d(4, 4, 3, padding=1, stride=2, groups=4), x)  # strided: PyTorch's own backward
+    depthwise_conv(nn.Conv3d(4, 4, 3, padding=0, groups=4), x)  # not size-preserving
+    depthwise_conv(nn.Conv3d(4, 8, 3, padding=1, groups=4), x)  # not depthwise
+    with torch.no_grad():
+        depthwise_conv(nn.Conv3d(4, 4, 3, padding=1, groups=4), x)  # nothing to differentiate
+    assert len(calls) == 1
 
 
 def test_depthwise_separable_conv_rejects_even_kernels():

@@ -111,10 +111,12 @@ def test_state_dict_is_independent_of_deep_supervision():
 
 
 def test_small_axes_are_padded_and_cropped_only_when_needed(network):
-    assert network.min_axis_size == 7
-    assert network._padded_size([17, 33, 45]) == [17, 33, 45]
-    assert network._padded_size([5, 5, 5]) == [7, 7, 17]  # stride-16 map needs two positions for instance norm
-    assert network._padded_size([6, 40, 3]) == [7, 40, 7]
+    assert SegFormer3DVariant.minimum_axis_size() == 7
+    assert SegFormer3DVariant.minimum_axis_size((2, 2, 1, 1)) == 5
+    assert SegFormer3DVariant.padded_input_size([17, 33, 45]) == [17, 33, 45]
+    assert SegFormer3DVariant.padded_input_size([8, 12, 20]) == [8, 12, 20]
+    assert SegFormer3DVariant.padded_input_size([5, 5, 5]) == [7, 7, 17]  # two positions at stride 16 for the norms
+    assert SegFormer3DVariant.padded_input_size([6, 40, 3]) == [7, 40, 7]
     with torch.no_grad():
         network.eval()
         x = torch.randn(1, 1, 5, 6, 6)

@@ -36,9 +36,8 @@ class nnUNetTrainerSegFormer3DVariant(nnUNetTrainerExt):
 
     @classmethod
     def adjust_patch_size(cls, patch_size: list[int]) -> list[int]:
-        # an axis below the network's minimum would be zero-padded in every step: train on real context instead
-        minimum = SegFormer3DVariant.minimum_axis_size()
-        return [max(p, minimum) for p in patch_size]
+        # a patch the network would zero-pad in every step: train on real context of that size instead
+        return SegFormer3DVariant.padded_input_size(patch_size)
 
     @staticmethod
     def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,

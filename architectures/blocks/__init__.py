@@ -5,9 +5,10 @@ dynamic-network-architectures does, and works in 2D and 3D.
 """
 from .aspp import ASPP
 from .attention_gate import AttentionGate
+from .depthwise import depthwise_conv
 from .depthwise_separable import DepthwiseSeparableConv
 from .ops import InstanceNorm, interpolation_mode, matching_norm, spatial_dims
 from .scse import SCSE
 
-__all__ = ["ASPP", "AttentionGate", "DepthwiseSeparableConv", "InstanceNorm", "SCSE", "interpolation_mode", "matching_norm",
-           "spatial_dims"]
+__all__ = ["ASPP", "AttentionGate", "DepthwiseSeparableConv", "InstanceNorm", "SCSE", "depthwise_conv",
+           "interpolation_mode", "matching_norm", "spatial_dims"]

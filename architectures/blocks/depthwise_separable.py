@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .depthwise import depthwise_conv
 from .ops import make_nonlin, make_norm
 
 
@@ -47,4 +48,4 @@ class DepthwiseSeparableConv(nn.Module):
         self.nonlin = make_nonlin(nonlin, nonlin_kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.nonlin(self.norm(self.pointwise(self.depthwise(x))))
+        return self.nonlin(self.norm(self.pointwise(depthwise_conv(self.depthwise, x))))

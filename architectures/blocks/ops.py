@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
+
 class InstanceNorm(nn.GroupNorm):
     """Instance normalisation (Ulyanov et al., 2016) for any number of spatial axes, via the group-norm kernel.
 
