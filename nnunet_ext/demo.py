@@ -137,9 +137,10 @@ def run_demo(workdir: str | os.PathLike = "nnunet_ext_demo", quick: bool = False
         _run(["nnUNetv2_predict", "-i", str(dataset_folder / "imagesTs"), "-o", str(predictions),
               "-d", str(dataset_id), "-c", CONFIGURATION, "-tr", variant, "-f", FOLD, "-device", "cpu",
               "-npp", "1", "-nps", "1", "--disable_progress_bar"], env, log_file)
-        summary = compute_metrics_on_folder2(str(dataset_folder / "labelsTs"), str(predictions),
-                                             str(results_folder / "dataset.json"), str(results_folder / "plans.json"),
-                                             str(predictions / "summary.json"), num_processes=1)
+        compute_metrics_on_folder2(str(dataset_folder / "labelsTs"), str(predictions),
+                                   str(results_folder / "dataset.json"), str(results_folder / "plans.json"),
+                                   str(predictions / "summary.json"), num_processes=1)
+        summary = json.loads((predictions / "summary.json").read_text())
         label_names = _label_names(results_folder / "dataset.json")
         dice = {label_names.get(key, key): metrics["Dice"] for key, metrics in summary["mean"].items()}
         results.append(DemoResult(full_name, dice, train_seconds, _parameters(results_folder)))

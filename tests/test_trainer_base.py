@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from nnunet_ext.architectures import SegFormer3DVariant
 from nnunet_ext.trainers import nnUNetTrainerSegFormer3DVariant
 from nnunet_ext.trainers.base import UnsupportedConfigurationError, WarmupPolyLRScheduler
 
@@ -30,11 +31,12 @@ def test_unknown_configuration_lists_the_available_ones():
         nnUNetTrainerSegFormer3DVariant.check_configuration(_plans(**{"2d": [64, 64]}), "3d_fullres")
 
 
-def test_patch_adjustment_raises_only_too_small_axes():
-    minimum = max(nnUNetTrainerSegFormer3DVariant.adjust_patch_size([1, 1, 1]))
-    assert minimum > 1
+def test_patch_adjustment_removes_only_the_padding_the_network_would_add():
+    minimum = SegFormer3DVariant.minimum_axis_size()
     assert nnUNetTrainerSegFormer3DVariant.adjust_patch_size([4, 96, 80]) == [minimum, 96, 80]
     assert nnUNetTrainerSegFormer3DVariant.adjust_patch_size([32, 160, 208]) == [32, 160, 208]
+    tiny = nnUNetTrainerSegFormer3DVariant.adjust_patch_size([1, 1, 1])
+    assert SegFormer3DVariant.padded_input_size(tiny) == tiny  # nothing left to pad
 
 
 def test_warmup_then_poly_schedule_follows_the_epoch_number():
