@@ -5,9 +5,13 @@ the data, chooses the short trainer variants, times the runs and tabulates nnU-N
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +23,7 @@ from nnunet_ext.synthetic import find_dataset_folder, make_synthetic_dataset
 
 CONFIGURATION = "3d_fullres"
 FOLD = "0"
+DEMO_SHAPE = (24, 48, 48)  # small enough for nnU-Net's default 3D network to train in minutes on 2 CPU cores
 # nnU-Net's training log lines worth echoing as progress
 SYNTHETIC_MARKER = "nnunet_ext.synthetic"  # in the description that make_synthetic_dataset writes
 PROGRESS_MARKERS = ("Epoch ", "train_loss", "Pseudo dice", "Epoch time", "Predicting", "done with")
@@ -43,9 +48,20 @@ def _environment(workdir: Path) -> dict[str, str]:
     return env
 
 
+def _executable(name: str) -> str:
+    """The console script of this Python environment (also when it is not activated), else the one on PATH."""
+    beside_python = Path(sys.executable).parent / name
+    found = str(beside_python) if beside_python.is_file() else shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"'{name}' is neither next to {sys.executable} nor on PATH; "
+                                f"is nnunetv2 installed in this environment?")
+    return found
+
+
 def _run(command: list[str], env: dict[str, str], log_file: Path) -> None:
     """Run a stock nnU-Net command, log all of its output and echo its progress lines."""
     print("  $ " + " ".join(command), flush=True)
+    command = [_executable(command[0]), *command[1:]]
     with log_file.open("a") as log:
         log.write("$ " + " ".join(command) + "\n")
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -77,7 +93,8 @@ def _parameters(results_folder: Path) -> int:
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     predictor = nnUNetPredictor(device=torch.device("cpu"), verbose=False)
-    predictor.initialize_from_trained_model_folder(str(results_folder), (int(FOLD),))
+    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its trainer lookup
+        predictor.initialize_from_trained_model_folder(str(results_folder), (int(FOLD),))
     return count_parameters(predictor.network)
 
 
@@ -103,7 +120,8 @@ def run_demo(workdir: str | os.PathLike = "nnunet_ext_demo", quick: bool = False
     dataset_folder = find_dataset_folder(dataset_id, raw)
     if dataset_folder is None:
         announce(f"synthetic 3D dataset {dataset_id} -> {raw}")
-        dataset_folder = make_synthetic_dataset(dataset_id, dim=3, num_cases=6 if quick else 10, raw_dir=raw)
+        dataset_folder = make_synthetic_dataset(dataset_id, dim=3, num_cases=6 if quick else 10, shape=DEMO_SHAPE,
+                                                raw_dir=raw)
     elif SYNTHETIC_MARKER in json.loads((dataset_folder / "dataset.json").read_text()).get("description", ""):
         announce(f"reusing the synthetic dataset {dataset_folder}")
     else:
