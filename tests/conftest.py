@@ -33,6 +33,24 @@ def run_command(command: list[str], env: dict[str, str], timeout: int = 600,
     return result
 
 
+@pytest.fixture(scope="module")
+def single_thread_torch():
+    """Tiny tensors gain nothing from threads; on a loaded machine thread hand-offs dominate their run time."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def seeded_torch():
+    import torch
+
+    torch.manual_seed(0)
+
+
 @pytest.fixture(scope="session")
 def nnunet_env(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("nnunet")

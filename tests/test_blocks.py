@@ -15,18 +15,7 @@ def _input(dims: int, channels: int, size: int = 9, batch: int = 2) -> torch.Ten
     return torch.randn(batch, channels, *([size] * dims))
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors gain nothing from threads, and on a loaded machine thread hand-offs dominate their run time
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread_torch", "seeded_torch")
 
 
 def test_ops_map_conv_to_dimension_specific_ops():

@@ -36,7 +36,8 @@ def test_unknown_trainer_lists_the_available_ones(tmp_path):
 
 def test_quick_demo_runs_the_pipeline_and_writes_the_table(tmp_path):
     workdir = tmp_path / "demo"
-    out = run_command(["nnunet-ext", "demo", "--quick", "--workdir", str(workdir)], scrubbed_environment()).stdout
+    out = run_command(["nnunet-ext", "demo", "--quick", "--baseline", "--workdir", str(workdir)],
+                      scrubbed_environment()).stdout
     table = (workdir / "demo_results.md").read_text()
     for trainer in ("nnUNetTrainerSegFormer3DVariant", "nnUNetTrainer "):
         assert f"| {trainer.strip()} |" in table

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from conftest import PIPELINE_DATASET_ID, run_command
+from conftest import PIPELINE_DATASET_ID, PIPELINE_SHAPE, run_command
 
 from nnunet_ext.trainers import nnUNetTrainerSegFormer3DVariant
 
@@ -83,3 +83,23 @@ def test_ddp_training_on_two_cpu_ranks(nnunet_env, planned_dataset):
     assert (fold / "checkpoint_final.pth").is_file()
     log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert "train_loss" in log
+
+
+def test_region_labels_and_two_channels_with_fold_all(nnunet_env, tmp_path):
+    """Region-based training (sigmoid heads, nnU-Net's Dice + BCE) on a CT + MRI-like two-channel dataset."""
+    from nnunet_ext.synthetic import make_synthetic_dataset
+
+    folder = make_synthetic_dataset(992, dim=3, num_cases=2, num_test_cases=1, channels=2, regions=True,
+                                    shape=PIPELINE_SHAPE, raw_dir=nnunet_env["nnUNet_raw"])
+    run_command(["nnUNetv2_plan_and_preprocess", "-d", "992", "-c", "3d_fullres", "-np", "1", "-npfp", "1"],
+                nnunet_env)
+    run_command(["nnUNetv2_train", "992", "3d_fullres", "all", "-tr", TRAINER, "-device", "cpu"],
+                {**nnunet_env, "nnUNet_n_proc_DA": "0"})
+    output = tmp_path / "predictions"
+    run_command(["nnUNetv2_predict", "-i", str(folder / "imagesTs"), "-o", str(output), "-d", "992",
+                 "-c", "3d_fullres", "-tr", TRAINER, "-f", "all", "-device", "cpu", "-npp", "0", "-nps", "0",
+                 "--disable_progress_bar"], nnunet_env)
+    prediction = sitk.GetArrayFromImage(sitk.ReadImage(str(next(output.glob("*.nii.gz")))))
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(next((folder / "labelsTs").glob("*.nii.gz")))))
+    assert prediction.shape == reference.shape
+    assert set(np.unique(prediction)) <= {0, 1, 2}  # regions mapped back to labels via regions_class_order

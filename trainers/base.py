@@ -214,6 +214,6 @@ class DemoRunMixin(ShortRunMixin):
     """The step budget of ``nnunet-ext demo``: the same for every trainer, so the demo's comparison is fair, and
     a few minutes per trainer on 2 CPU cores, enough to learn the synthetic tumours."""
 
-    short_epochs = 5
-    short_iterations = 20
+    short_epochs = 6
+    short_iterations = 25
     short_val_iterations = 2
