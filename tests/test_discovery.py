@@ -1,8 +1,11 @@
 """nnU-Net's stock trainer lookup finds our trainers in a fresh interpreter with a scrubbed environment."""
 import json
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 from conftest import scrubbed_environment
 
@@ -59,3 +62,18 @@ def test_trainer_names_never_contain_double_underscore():
     names = list(trainer_classes())
     assert "nnUNetTrainerSegFormer3DVariant" in names
     assert not [n for n in names if "__" in n]  # nnU-Net splits result folder names on '__'
+
+
+def test_regular_wheel_ships_the_pth_hook_and_the_lookup_shim(tmp_path):
+    """Editable installs are what the other tests use; a regular wheel must carry the same two pieces."""
+    source = tmp_path / "source"  # pip builds in the tree it is given: keep build/ out of the checkout
+    shutil.copytree(Path(__file__).resolve().parents[1], source,
+                    ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", ".pytest_cache"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(source)], check=True, capture_output=True, timeout=300)
+    names = zipfile.ZipFile(next(tmp_path.glob("nnunet_ext-*.whl"))).namelist()
+    assert "nnunet_ext-trainer-lookup.pth" in names
+    assert "nnunet_ext/trainer_lookup/nnunet_ext_trainers.py" in names
+    assert "nnunet_ext/trainers/segformer3d_variant.py" in names
+    assert "nnunet_ext/architectures/blocks/attention_gate.py" in names
+    assert not [n for n in names if n.startswith(("architectures/", "trainers/"))]  # nothing generic at top level

@@ -55,6 +55,15 @@ def test_predict_writes_label_maps_of_input_geometry(nnunet_env, planned_dataset
         assert set(np.unique(sitk.GetArrayFromImage(prediction))) <= {0, 1, 2}
 
 
+def test_predict_from_model_folder_with_probabilities(nnunet_env, planned_dataset, tmp_path):
+    output = tmp_path / "predictions"
+    run_command(["nnUNetv2_predict_from_modelfolder", "-i", str(planned_dataset / "imagesTs"), "-o", str(output),
+                 "-m", str(_results_folder(nnunet_env, planned_dataset, "3d_fullres")), "-f", "0", "-device", "cpu",
+                 "-npp", "0", "-nps", "0", "--save_probabilities", "--disable_progress_bar"], nnunet_env)
+    probabilities = np.load(next(output.glob("*.npz")))["probabilities"]
+    assert probabilities.shape[0] == 3 and np.allclose(probabilities.sum(0), 1, atol=1e-3)
+
+
 def test_resume_and_validate_with_npz(nnunet_env, planned_dataset):
     env = {**nnunet_env, "nnUNet_n_proc_DA": "0"}
     run_command(["nnUNetv2_train", DATASET, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu", "--c"], env)
