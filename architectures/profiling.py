@@ -8,7 +8,7 @@ counted. FlopCounterMode has no formula for several fused attention kernels (amo
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -23,7 +23,7 @@ internally and the outputs cropped back, so nnU-Net's sliding window can never c
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

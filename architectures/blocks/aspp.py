@@ -1,7 +1,7 @@
 """Atrous spatial pyramid pooling (DeepLabv3, Chen et al., 2017) with depthwise-separable atrous branches."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
