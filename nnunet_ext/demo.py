@@ -6,13 +6,13 @@ the data, chooses the short trainer variants, times the runs and tabulates nnU-N
 from __future__ import annotations
 
 import contextlib
+import datetime
 import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +88,20 @@ def _demo_trainers(names: list[str] | None, baseline: bool, quick: bool) -> list
     return [(name, name + suffix) for name in [*(names or ours), *(["nnUNetTrainer"] if baseline else [])]]
 
 
+def _training_seconds(fold_folder: Path) -> float:
+    """Duration of nnU-Net's training loop (start of its log to 'Training done.'), so that a reused model reports
+    the time it took, too."""
+    def timestamp(line: str) -> datetime.datetime:
+        return datetime.datetime.strptime(line[:26], "%Y-%m-%d %H:%M:%S.%f")
+
+    for log in sorted(fold_folder.glob("training_log_*.txt"), reverse=True):
+        lines = [line.rstrip() for line in log.read_text().splitlines() if line[:2] == "20" and line[26:28] == ": "]
+        done = [line for line in lines if line.endswith("Training done.")]
+        if done:
+            return (timestamp(done[-1]) - timestamp(lines[0])).total_seconds()
+    raise FileNotFoundError(f"No finished training log in {fold_folder}")
+
+
 def _parameters(results_folder: Path) -> int:
     """Parameters of the trained network, rebuilt the way nnU-Net's predictor rebuilds it."""
     import torch
@@ -144,13 +158,11 @@ def run_demo(workdir: str | os.PathLike = "nnunet_ext_demo", quick: bool = False
         results_folder = Path(env["nnUNet_results"]) / dataset_name / f"{variant}__nnUNetPlans__{CONFIGURATION}"
         trained = (results_folder / f"fold_{FOLD}" / "checkpoint_final.pth").is_file()
         announce(f"training {variant} ({full_name} with the demo's step budget), {CONFIGURATION} fold {FOLD}")
-        start = time.perf_counter()
         if trained and not overwrite:
             print(f"  reusing the trained model in {results_folder} (--overwrite retrains)")
         else:
             _run(["nnUNetv2_train", str(dataset_id), CONFIGURATION, FOLD, "-tr", variant, "-device", "cpu"],
                  train_env, log_file)
-        train_seconds = time.perf_counter() - start
 
         announce(f"predicting the held-out cases with {variant} and evaluating")
         predictions = workdir / "predictions" / variant
@@ -163,7 +175,8 @@ def run_demo(workdir: str | os.PathLike = "nnunet_ext_demo", quick: bool = False
         summary = json.loads((predictions / "summary.json").read_text())
         label_names = _label_names(results_folder / "dataset.json")
         dice = {label_names.get(key, key): metrics["Dice"] for key, metrics in summary["mean"].items()}
-        results.append(DemoResult(full_name, dice, train_seconds, _parameters(results_folder)))
+        results.append(DemoResult(full_name, dice, _training_seconds(results_folder / f"fold_{FOLD}"),
+                                  _parameters(results_folder)))
 
     table = format_table(results, quick)
     print("\n" + table)
@@ -185,7 +198,7 @@ def _label_names(dataset_json: Path) -> dict[str, str]:
 
 def format_table(results: list[DemoResult], quick: bool) -> str:
     labels = list(dict.fromkeys(label for r in results for label in r.dice))
-    header = ["trainer", *[f"Dice {label}" for label in labels], "train time (s)", "parameters"]
+    header = ["trainer", *[f"Dice {label}" for label in labels], "training loop (s)", "parameters"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
         cells = [r.trainer, *[f"{r.dice.get(label, float('nan')):.3f}" for label in labels],

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 from conftest import PIPELINE_DATASET_ID, PIPELINE_SHAPE, run_command
 
@@ -40,6 +41,19 @@ def test_train_writes_checkpoint_plans_and_network_size(nnunet_env, planned_data
 
     log = "".join(p.read_text() for p in (results / "fold_0").glob("training_log_*.txt"))
     assert "Network SegFormer3DVariant:" in log and "GMAC per forward pass" in log
+
+
+def test_loss_is_nnunets_dice_ce_with_the_originals_aux_weight(nnunet_env, planned_dataset, monkeypatch):
+    for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(variable, nnunet_env[variable])
+    from nnunetv2.run.run_training import get_trainer_from_args
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+
+    trainer = get_trainer_from_args(DATASET, "3d_fullres", 0, TRAINER, device=torch.device("cpu"))
+    loss = trainer._build_loss()
+    assert loss.weight_factors == (1.0, 0.3)  # nnU-Net's halving would switch the aux head off
+    assert isinstance(loss.loss, DC_and_CE_loss)
+    assert trainer._get_deep_supervision_scales() == [[1.0] * 3, [0.25] * 3]
 
 
 def test_predict_writes_label_maps_of_input_geometry(nnunet_env, planned_dataset, tmp_path):

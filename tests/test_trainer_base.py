@@ -51,3 +51,4 @@ def test_warmup_then_poly_schedule_follows_the_epoch_number():
     assert lrs[4] == pytest.approx(3e-4 * (1 - 8 / 16) ** 0.9)
     assert 0 < lrs[5] < lrs[4]
     assert lrs[6] == pytest.approx(3e-4 * 3 / 4)
+

@@ -12,7 +12,6 @@ recipe of the original work where it differs from nnU-Net's default. Everything 
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import autocast, nn
 from torch._dynamo import OptimizedModule
@@ -121,12 +120,10 @@ class nnUNetTrainerExt(nnUNetTrainer):
             return PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
         return WarmupPolyLRScheduler(optimizer, self.initial_lr, warmup_epochs, self.num_epochs)
 
-    def deep_supervision_weights(self, num_outputs: int) -> list[float]:
-        """Loss weight per deep-supervision output, full resolution first. Default: nnU-Net's (halving per
-        scale, coarsest one off, or 1e-6 under DDP so that no parameter goes without a gradient; sum 1)."""
-        weights = np.array([1 / (2 ** i) for i in range(num_outputs)])
-        weights[-1] = 1e-6 if self.is_ddp and not self._do_i_compile() else 0
-        return list(weights / weights.sum())
+    def deep_supervision_weights(self, num_outputs: int) -> list[float] | None:
+        """Loss weight per deep-supervision output, full resolution first; None keeps nnU-Net's (halving per
+        scale, the coarsest output off). Keep every weight above 0 under DDP: a head without gradient fails there."""
+        return None
 
     # ---- nnU-Net overrides -----------------------------------------------------------------------------------
 
@@ -142,8 +139,9 @@ class nnUNetTrainerExt(nnUNetTrainer):
     def _build_loss(self):
         loss = super()._build_loss()
         if isinstance(loss, DeepSupervisionWrapper):
-            weights = self.deep_supervision_weights(len(self._get_deep_supervision_scales()))
-            loss = DeepSupervisionWrapper(loss.loss, weights)
+            weights = self.deep_supervision_weights(len(loss.weight_factors))
+            if weights is not None:
+                loss = DeepSupervisionWrapper(loss.loss, weights)
         return loss
 
     def on_train_start(self) -> None:
