@@ -73,7 +73,7 @@ def test_predict_from_model_folder_with_probabilities(nnunet_env, planned_datase
     output = tmp_path / "predictions"
     run_command(["nnUNetv2_predict_from_modelfolder", "-i", str(planned_dataset / "imagesTs"), "-o", str(output),
                  "-m", str(_results_folder(nnunet_env, planned_dataset, "3d_fullres")), "-f", "0", "-device", "cpu",
-                 "-npp", "0", "-nps", "0", "--save_probabilities", "--disable_progress_bar"], nnunet_env)
+                 "-npp", "1", "-nps", "1", "--save_probabilities", "--disable_progress_bar"], nnunet_env)
     probabilities = np.load(next(output.glob("*.npz")))["probabilities"]
     assert probabilities.shape[0] == 3 and np.allclose(probabilities.sum(0), 1, atol=1e-3)
 
