@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this id")
     synth.set_defaults(func=_cmd_synth)
 
-    demo = sub.add_parser("demo", help="synthetic data -> plan -> train -> predict -> Dice table, on CPU (~5 min)")
+    demo = sub.add_parser("demo", help="synthetic data -> plan -> train -> predict -> Dice table, on CPU (~4 min)")
     demo.add_argument("--workdir", default="nnunet_ext_demo",
                       help="working folder; holds nnUNet_raw/preprocessed/results unless those are set already")
     demo.add_argument("--quick", action="store_true", help="a smoke run of about a minute: 2 iterations per trainer")
