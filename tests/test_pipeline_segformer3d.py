@@ -126,3 +126,34 @@ def test_region_labels_and_two_channels_with_fold_all(nnunet_env, tmp_path):
     reference = sitk.GetArrayFromImage(sitk.ReadImage(str(next((folder / "labelsTs").glob("*.nii.gz")))))
     assert prediction.shape == reference.shape
     assert set(np.unique(prediction)) <= {0, 1, 2}  # regions mapped back to labels via regions_class_order
+
+
+def test_ignore_label_gets_no_output_head(nnunet_env, tmp_path):
+    """Sparse annotation: nnU-Net's ignore label (the highest value, named 'ignore') is masked out of the loss and
+    gets no output channel, so predictions hold only the real labels."""
+    from nnunet_ext.synthetic import make_synthetic_dataset
+
+    folder = make_synthetic_dataset(993, dim=3, num_cases=2, num_test_cases=1, shape=PIPELINE_SHAPE,
+                                    raw_dir=nnunet_env["nnUNet_raw"])
+    for label_file in (folder / "labelsTr").glob("*.nii.gz"):
+        image = sitk.ReadImage(str(label_file))
+        labels = sitk.GetArrayFromImage(image)
+        labels[: labels.shape[0] // 3] = 3  # a third of the slices left unannotated
+        sparse = sitk.GetImageFromArray(labels)
+        sparse.CopyInformation(image)
+        sitk.WriteImage(sparse, str(label_file))
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    dataset_json["labels"]["ignore"] = 3
+    (folder / "dataset.json").write_text(json.dumps(dataset_json))
+
+    run_command(["nnUNetv2_plan_and_preprocess", "-d", "993", "-c", "3d_fullres", "-np", "1", "-npfp", "1"],
+                nnunet_env)
+    run_command(["nnUNetv2_train", "993", "3d_fullres", "all", "-tr", TRAINER, "-device", "cpu"],
+                {**nnunet_env, "nnUNet_n_proc_DA": "0"})
+    output = tmp_path / "predictions"
+    run_command(["nnUNetv2_predict", "-i", str(folder / "imagesTs"), "-o", str(output), "-d", "993",
+                 "-c", "3d_fullres", "-tr", TRAINER, "-f", "all", "-device", "cpu", "-npp", "0", "-nps", "0",
+                 "--save_probabilities", "--disable_progress_bar"], nnunet_env)
+    assert np.load(next(output.glob("*.npz")))["probabilities"].shape[0] == 3  # background, organ, tumour
+    prediction = sitk.GetArrayFromImage(sitk.ReadImage(str(next(output.glob("*.nii.gz")))))
+    assert set(np.unique(prediction)) <= {0, 1, 2}
