@@ -108,20 +108,25 @@ def test_ddp_training_on_two_cpu_ranks(nnunet_env, planned_dataset):
     assert "train_loss" in log
 
 
+def _plan_train_all_and_predict(env, dataset_folder: Path, output: Path, *predict_options: str) -> Path:
+    """Plan 3d_fullres, train fold 'all' and predict imagesTs with the stock commands; returns ``output``."""
+    dataset = dataset_folder.name[7:10]
+    run_command(["nnUNetv2_plan_and_preprocess", "-d", dataset, "-c", "3d_fullres", "-np", "1", "-npfp", "1"], env)
+    run_command(["nnUNetv2_train", dataset, "3d_fullres", "all", "-tr", TRAINER, "-device", "cpu"],
+                {**env, "nnUNet_n_proc_DA": "0"})
+    run_command(["nnUNetv2_predict", "-i", str(dataset_folder / "imagesTs"), "-o", str(output), "-d", dataset,
+                 "-c", "3d_fullres", "-tr", TRAINER, "-f", "all", "-device", "cpu", "-npp", "0", "-nps", "0",
+                 "--disable_progress_bar", *predict_options], env)
+    return output
+
+
 def test_region_labels_and_two_channels_with_fold_all(nnunet_env, tmp_path):
     """Region-based training (sigmoid heads, nnU-Net's Dice + BCE) on a CT + MRI-like two-channel dataset."""
     from nnunet_ext.synthetic import make_synthetic_dataset
 
     folder = make_synthetic_dataset(992, dim=3, num_cases=2, num_test_cases=1, channels=2, regions=True,
                                     shape=PIPELINE_SHAPE, raw_dir=nnunet_env["nnUNet_raw"])
-    run_command(["nnUNetv2_plan_and_preprocess", "-d", "992", "-c", "3d_fullres", "-np", "1", "-npfp", "1"],
-                nnunet_env)
-    run_command(["nnUNetv2_train", "992", "3d_fullres", "all", "-tr", TRAINER, "-device", "cpu"],
-                {**nnunet_env, "nnUNet_n_proc_DA": "0"})
-    output = tmp_path / "predictions"
-    run_command(["nnUNetv2_predict", "-i", str(folder / "imagesTs"), "-o", str(output), "-d", "992",
-                 "-c", "3d_fullres", "-tr", TRAINER, "-f", "all", "-device", "cpu", "-npp", "0", "-nps", "0",
-                 "--disable_progress_bar"], nnunet_env)
+    output = _plan_train_all_and_predict(nnunet_env, folder, tmp_path / "predictions")
     prediction = sitk.GetArrayFromImage(sitk.ReadImage(str(next(output.glob("*.nii.gz")))))
     reference = sitk.GetArrayFromImage(sitk.ReadImage(str(next((folder / "labelsTs").glob("*.nii.gz")))))
     assert prediction.shape == reference.shape
@@ -146,14 +151,7 @@ def test_ignore_label_gets_no_output_head(nnunet_env, tmp_path):
     dataset_json["labels"]["ignore"] = 3
     (folder / "dataset.json").write_text(json.dumps(dataset_json))
 
-    run_command(["nnUNetv2_plan_and_preprocess", "-d", "993", "-c", "3d_fullres", "-np", "1", "-npfp", "1"],
-                nnunet_env)
-    run_command(["nnUNetv2_train", "993", "3d_fullres", "all", "-tr", TRAINER, "-device", "cpu"],
-                {**nnunet_env, "nnUNet_n_proc_DA": "0"})
-    output = tmp_path / "predictions"
-    run_command(["nnUNetv2_predict", "-i", str(folder / "imagesTs"), "-o", str(output), "-d", "993",
-                 "-c", "3d_fullres", "-tr", TRAINER, "-f", "all", "-device", "cpu", "-npp", "0", "-nps", "0",
-                 "--save_probabilities", "--disable_progress_bar"], nnunet_env)
+    output = _plan_train_all_and_predict(nnunet_env, folder, tmp_path / "predictions", "--save_probabilities")
     assert np.load(next(output.glob("*.npz")))["probabilities"].shape[0] == 3  # background, organ, tumour
     prediction = sitk.GetArrayFromImage(sitk.ReadImage(str(next(output.glob("*.nii.gz")))))
     assert set(np.unique(prediction)) <= {0, 1, 2}
