@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from nnunet_ext.architectures.profiling import count_parameters
 
@@ -21,6 +22,22 @@ def trainer_classes() -> dict[str, type]:
     return {name: obj for name in trainers.__all__
             if isinstance(obj := getattr(trainers, name), type) and issubclass(obj, nnUNetTrainer)
             and getattr(obj, "network_class", True) is not None}  # drops only the abstract nnUNetTrainerExt
+
+
+def resolve_trainer(name: str) -> type:
+    """A trainer class by name: one of ours, or one of nnU-Net's own; UnknownTrainerError lists ours otherwise."""
+    ours = trainer_classes()
+    if name in ours:
+        return ours[name]
+    import nnunetv2
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+    builtin = recursive_find_python_class(str(Path(nnunetv2.__path__[0], "training", "nnUNetTrainer")), name,
+                                          "nnunetv2.training.nnUNetTrainer")
+    if builtin is None:
+        raise UnknownTrainerError(f"Unknown trainer '{name}': neither nnU-Net's nor one of nnunet-ext's "
+                                  f"({', '.join(sorted(ours))}).")
+    return builtin
 
 
 def supported_configurations(trainer: type) -> tuple[str, ...]:

@@ -52,33 +52,16 @@ def _cmd_demo(args: argparse.Namespace) -> None:
              dataset_id=args.dataset_id, overwrite=args.overwrite)
 
 
-def _resolve_any_trainer(name: str) -> type:
-    """One of ours, or one of nnU-Net's own; UnknownTrainerError lists ours otherwise."""
-    from nnunet_ext.catalog import UnknownTrainerError, trainer_classes
-
-    ours = trainer_classes()
-    if name in ours:
-        return ours[name]
-    import nnunetv2
-    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
-
-    builtin = recursive_find_python_class(str(Path(nnunetv2.__path__[0], "training", "nnUNetTrainer")), name,
-                                          "nnunetv2.training.nnUNetTrainer")
-    if builtin is None:
-        raise UnknownTrainerError(f"Unknown trainer '{name}': neither nnU-Net's nor one of nnunet-ext's "
-                                  f"({', '.join(sorted(ours))}).")
-    return builtin
-
-
 def _cmd_check(args: argparse.Namespace) -> None:
     from nnunet_ext import checks
+    from nnunet_ext.catalog import resolve_trainer
 
     paths = checks.require_nnunet_paths()
     print("ok  nnU-Net folders: " + ", ".join(f"{k}={v}" for k, v in paths.items()))
     dataset_name = checks.find_dataset(args.dataset, paths)
     print(f"ok  dataset {dataset_name}")
     plans = checks.load_plans(dataset_name, args.plans, args.configuration, paths)
-    trainer = _resolve_any_trainer(args.trainer)
+    trainer = resolve_trainer(args.trainer)
     checks.check_trainer_configuration(trainer, plans, args.configuration)
     print(f"ok  {trainer.__name__} can train and predict configuration '{args.configuration}' of {args.plans}")
     if args.input is not None:
