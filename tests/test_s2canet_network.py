@@ -1,0 +1,157 @@
+"""S2CANet: size and cost of the original configuration, shapes, size lock, deep supervision, gradients, state dicts
+(CPU, tiny patches)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nnunet_ext.architectures import S2CANet, s2canet
+from nnunet_ext.architectures.profiling import count_macs, count_parameters
+
+pytestmark = pytest.mark.usefixtures("single_thread_torch", "seeded_torch")
+
+# measured on the original repository (4 channels, 4 outputs, 128^3): 21,477,799 parameters, of which 32,787 are
+# never used in its forward pass; 86.27 GMAC
+ORIGINAL_USED_PARAMETERS = 21_477_799 - 32_787
+ORIGINAL_GMAC = 86.27
+
+
+@pytest.fixture(scope="module")
+def original_configuration() -> S2CANet:
+    with torch.device("meta"):  # shapes only: no 21 M parameters to initialise
+        return S2CANet(4, 4)
+
+
+def test_parameter_count_matches_the_original_without_its_unused_parameters(original_configuration):
+    parameters = count_parameters(original_configuration)
+    assert abs(parameters - ORIGINAL_USED_PARAMETERS) / ORIGINAL_USED_PARAMETERS < 0.001
+    # the largest blocks as measured on the original: both level-3 formers 5.51 M, decoder level-2 former 4.91 M,
+    # encoder level-2 former (6 blocks, the backbone's own default) 3.92 M, VAS-MLP 0.95 M
+    encoder_level2, encoder_level3 = original_configuration.encoder.formers
+    decoder = original_configuration.decoder
+    assert round(count_parameters(encoder_level3) / 1e6, 2) == 5.51
+    assert round(count_parameters(decoder.bottom_former) / 1e6, 2) == 5.51
+    assert round(count_parameters(decoder.formers["2"]) / 1e6, 2) == 4.91
+    assert round(count_parameters(encoder_level2) / 1e6, 2) == 3.92
+    assert round(count_parameters(original_configuration.context.mlp_branch) / 1e6, 2) == 0.95
+
+
+def test_macs_match_the_original_at_128_cubed(original_configuration):
+    macs = count_macs(original_configuration, torch.zeros(1, 4, 128, 128, 128, device="meta"))
+    assert abs(macs / 1e9 - ORIGINAL_GMAC) / ORIGINAL_GMAC < 0.01
+
+
+def test_cubic_patch_shares_one_fold_pair_non_cubic_has_one_per_plane():
+    with torch.device("meta"):
+        cubic = S2CANet(1, 2, patch_size=(32, 32, 32))
+        non_cubic = S2CANet(1, 2, patch_size=(16, 32, 48))
+    former = cubic.encoder.formers[0]
+    assert former.shared_fold and len(former.fold_in) == 1 and former.fold_in[0].in_channels == 64 * 8
+    former = non_cubic.encoder.formers[0]  # level 2: 4 x 8 x 12
+    assert not former.shared_fold
+    assert [conv.in_channels for conv in former.fold_in] == [64 * 4, 64 * 8, 64 * 12]
+    assert [conv.out_channels for conv in former.fold_out] == [64 * 4, 64 * 8, 64 * 12]
+
+
+def test_fold_follows_the_originals_channel_major_layout():
+    x = torch.randn(2, 3, 4, 5, 6)
+    # the original folds its first spatial axis with x.reshape(B, C*S0, S1, S2), the second after moving it next to
+    # the channels, and the third likewise
+    torch.testing.assert_close(s2canet._fold_axis_into_channels(x, 0), x.reshape(2, 12, 5, 6))
+    torch.testing.assert_close(s2canet._fold_axis_into_channels(x, 1), x.permute(0, 1, 3, 2, 4).reshape(2, 15, 4, 6))
+    torch.testing.assert_close(s2canet._fold_axis_into_channels(x, 2), x.permute(0, 1, 4, 2, 3).reshape(2, 18, 4, 5))
+    for axis in range(3):
+        folded = s2canet._fold_axis_into_channels(x, axis)
+        torch.testing.assert_close(s2canet._unfold_axis_from_channels(folded, axis, 3), x)
+
+
+@pytest.mark.parametrize("direction", [1, -1])
+@pytest.mark.parametrize("axis", [2, 3])
+def test_axial_shift_is_the_zero_filled_roll_of_channel_groups(axis, direction):
+    x = torch.randn(2, 13, 6, 7)
+    padded = F.pad(x, (2, 2, 2, 2))
+    rolled = torch.cat([torch.roll(chunk, direction * (i - 2), axis) for i, chunk in enumerate(padded.chunk(5, 1))], 1)
+    expected = rolled[:, :, 2:8, 2:9]
+    torch.testing.assert_close(s2canet._shift_channel_groups(x, axis, 5, direction), expected)
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+@pytest.mark.parametrize("patch, size", [((16, 24, 32), (13, 24, 29)), ((16, 16, 16), (16, 16, 16)),
+                                         ((16, 16, 16), (9, 3, 11))])
+def test_output_has_the_input_size(channels, patch, size):
+    net = S2CANet(channels, 3, patch_size=patch).eval()
+    with torch.no_grad():
+        out = net(torch.randn(1, channels, *size))
+    assert isinstance(out, torch.Tensor)
+    assert out.shape == (1, 3, *size)
+    assert torch.isfinite(out).all()
+
+
+def test_smaller_inputs_are_zero_padded_to_the_patch_and_cropped_back():
+    net = S2CANet(1, 2, patch_size=(16, 16, 24)).eval()
+    x = torch.randn(1, 1, 11, 16, 17)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), net(F.pad(x, (0, 7, 0, 0, 0, 5)))[..., :11, :16, :17])
+
+
+def test_larger_input_is_refused_naming_the_patch():
+    net = S2CANet(1, 2, patch_size=(16, 16, 16)).eval()
+    with pytest.raises(ValueError, match=r"built for patch size \[16, 16, 16\].*got spatial size \[16, 24, 16\]"):
+        net(torch.randn(1, 1, 16, 24, 16))
+
+
+def test_patch_size_rules_and_nearest_patch():
+    with pytest.raises(ValueError, match=r"multiple of 8 and at least 16 \(minimum patch \[16, 16, 16\]\)"):
+        S2CANet(1, 2, patch_size=(16, 20, 16))
+    with pytest.raises(ValueError, match="minimum patch"):
+        S2CANet(1, 2, patch_size=(8, 16, 16))
+    assert S2CANet.nearest_patch_size([128, 128, 128]) == [128, 128, 128]
+    assert S2CANet.nearest_patch_size([20, 43, 163]) == [24, 40, 160]
+    with pytest.raises(ValueError, match=r"below S2CANet's minimum of 16 per axis \(minimum patch \[16, 16, 16\]\)"):
+        S2CANet.nearest_patch_size([12, 64, 64])
+
+
+@pytest.mark.parametrize("patch, size", [((16, 24, 32), (16, 24, 32)), ((16, 16, 24), (13, 15, 17))])
+def test_deep_supervision_list_heads_at_native_resolution(patch, size):
+    net = S2CANet(2, 3, deep_supervision=True, patch_size=patch).eval()
+    with torch.no_grad():
+        outputs = net(torch.randn(1, 2, *size))
+    assert [tuple(o.shape[2:]) for o in outputs] == [tuple(math.ceil(s / k) for s in size) for k in (1, 2, 4, 8)]
+    # nnU-Net resizes the targets to round(patch * scale): the sizes the heads produce
+    scales = S2CANet.deep_supervision_scales(patch)
+    assert [[round(p * f) for p, f in zip(patch, scale)] for scale in scales] == \
+        [[p // k for p in patch] for k in (1, 2, 4, 8)]
+
+
+def test_deep_supervision_is_read_from_the_decoder_at_call_time():
+    net = S2CANet(1, 2, deep_supervision=False, patch_size=(16, 16, 16)).eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert isinstance(net(x), torch.Tensor)
+        net.decoder.deep_supervision = True  # what nnU-Net's set_deep_supervision_enabled does
+        out = net(x)
+        assert isinstance(out, list) and len(out) == 4
+        net.decoder.deep_supervision = False
+        assert isinstance(net(x), torch.Tensor)
+
+
+def test_every_parameter_gets_a_gradient_in_a_deep_supervision_step():
+    net = S2CANet(4, 3, deep_supervision=True, patch_size=(16, 24, 16)).train()
+    outputs = net(torch.randn(2, 4, 16, 24, 16))
+    sum(o.square().mean() for o in outputs).backward()
+    missing = [name for name, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing
+    zero = [name for name, p in net.named_parameters() if p.grad.abs().sum() == 0 and "psi.bias" not in name]
+    assert not zero  # (a bias right before BatchNorm, as ψ's in the gates, has an exactly cancelled gradient)
+
+
+def test_state_dict_is_independent_of_deep_supervision():
+    with_ds = S2CANet(1, 3, deep_supervision=True, patch_size=(16, 16, 16))
+    without_ds = S2CANet(1, 3, deep_supervision=False, patch_size=(16, 16, 16))
+    without_ds.load_state_dict(with_ds.state_dict(), strict=True)
+    with_ds.eval()
+    without_ds.eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(with_ds(x)[0], without_ds(x))

@@ -1,0 +1,132 @@
+"""nnU-Net trainers for S2CA-Net (Shape-Scale Co-Awareness Network, 3D brain tumour segmentation).
+
+Recipe of the original (`train.py`, `configs/adam.cfg` of jiangyu945/S2CA-Net) where it differs from nnU-Net's
+default: Adam (lr 1e-3, weight decay 1e-5) with a linear warm-up from lr/1000 (5 of 400 epochs), a constant lr
+(50 epochs) and a cosine decay to lr/1000 at the end; the same fractions of nnU-Net's epochs here. The original's
+sigmoid multi-label output over overlapping BraTS regions is nnU-Net's region-based training (Dice + BCE, the
+background channel of the original is left out), and its 8-flip test-time augmentation is nnU-Net's mirroring.
+
+Deep supervision, mapped onto nnU-Net's: the original weights the losses of its four heads 0.2 / 0.3 / 0.6 / 0.8
+from coarse (1/8) to fine (full resolution) and sums them, unnormalised, after upsampling every head's logits to
+the input size. Here the heads keep their native resolutions (1, 1/2, 1/4, 1/8, ``deep_supervision_scales``) and
+nnU-Net compares them with its downsampled targets, with the same weights 0.8 / 0.6 / 0.3 / 0.2 from fine to coarse
+(``deep_supervision_weights``; unnormalised, as the original). Why: nnU-Net already builds the downsampled
+targets in its data loader (regions and ignore label included), and upsampling three extra heads to 128³ would
+cost three full-resolution logit maps and their losses in every step for a supervision signal of the same
+coarseness. All four weights are positive, so every head gets a gradient (DDP needs it).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import _LRScheduler
+
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+
+from nnunet_ext.architectures import S2CANet
+from nnunet_ext.trainers.base import DemoRunMixin, ShortRunMixin, nnUNetTrainerExt
+
+
+class WarmupConstantCosineLRScheduler(_LRScheduler):
+    """Linear warm-up from ``initial_lr * final_factor`` to ``initial_lr``, constant, then cosine decay back to
+    ``initial_lr * final_factor`` at ``max_steps``; a pure function of the step (nnU-Net passes the epoch), so it
+    survives ``--c`` resumption.
+
+    Args:
+        optimizer: the optimizer whose learning rate is set.
+        initial_lr: peak learning rate.
+        warmup_steps: steps of the linear warm-up (0: none).
+        constant_steps: steps at the peak after the warm-up.
+        max_steps: total steps; the decay ends here.
+        final_factor: start of the warm-up and end of the decay, relative to ``initial_lr``.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, initial_lr: float, warmup_steps: int, constant_steps: int,
+                 max_steps: int, final_factor: float = 1e-3, current_step: int | None = None) -> None:
+        self.optimizer = optimizer
+        self.initial_lr = initial_lr
+        self.warmup_steps = warmup_steps
+        self.constant_steps = constant_steps
+        self.max_steps = max_steps
+        self.final_factor = final_factor
+        self.ctr = 0
+        super().__init__(optimizer, current_step if current_step is not None else -1)
+
+    def lr_at(self, step: int) -> float:
+        low = self.initial_lr * self.final_factor
+        if step < self.warmup_steps:
+            return low + (self.initial_lr - low) * step / self.warmup_steps
+        decay_start = self.warmup_steps + self.constant_steps
+        if step < decay_start:
+            return self.initial_lr
+        progress = min(1.0, (step - decay_start) / max(1, self.max_steps - 1 - decay_start))
+        return low + (self.initial_lr - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def step(self, current_step: int | None = None) -> None:
+        if current_step is None or current_step == -1:
+            current_step = self.ctr
+            self.ctr += 1
+        lr = self.lr_at(current_step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def get_last_lr(self) -> list[float]:
+        return self._last_lr
+
+
+class nnUNetTrainerS2CANet(nnUNetTrainerExt):
+    """S2CANet with its original recipe (3D configurations only), built for the plan's patch size.
+
+    The patch is rounded to the nearest multiple of 8 per axis (S2CA-Net's total stride; the tri-planar layers are
+    built for exactly that patch, which is also nnU-Net's sliding-window tile); a planned patch below 16 per axis
+    is refused with the minimum named.
+    """
+
+    network_class = S2CANet
+    supported_dims = (3,)
+    # the original: 5 warm-up and 50 constant epochs of 400
+    warmup_fraction = 5 / 400
+    constant_fraction = 50 / 400
+    deep_supervision_loss_weights = (0.8, 0.6, 0.3, 0.2)
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.initial_lr = 1e-3
+        self.weight_decay = 1e-5
+
+    @classmethod
+    def adjust_patch_size(cls, patch_size: list[int]) -> list[int]:
+        return S2CANet.nearest_patch_size(patch_size)
+
+    @classmethod
+    def reference_network(cls) -> nn.Module:
+        return S2CANet(1, 3, deep_supervision=True)
+
+    @staticmethod
+    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        return S2CANet(num_input_channels, num_output_channels, deep_supervision=enable_deep_supervision,
+                       patch_size=configuration_manager.patch_size)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay)
+        warmup = round(self.num_epochs * self.warmup_fraction)
+        constant = round(self.num_epochs * self.constant_fraction)
+        return optimizer, WarmupConstantCosineLRScheduler(optimizer, self.initial_lr, warmup, constant,
+                                                          self.num_epochs)
+
+    def deep_supervision_weights(self, num_outputs: int) -> list[float]:
+        return list(self.deep_supervision_loss_weights[:num_outputs])
+
+
+class nnUNetTrainerS2CANet_Smoke(ShortRunMixin, nnUNetTrainerS2CANet):
+    """1 epoch of 2 iterations, no mirroring: pipeline checks in seconds."""
+
+
+class nnUNetTrainerS2CANet_Demo(DemoRunMixin, nnUNetTrainerS2CANet):
+    """The step budget of ``nnunet-ext demo``."""
