@@ -4,11 +4,14 @@ nnU-Net (>= 2.8) finds a trainer outside its own package only by searching the f
 ``nnUNet_extTrainer`` environment variable; it has no plugin registry. The search imports every module of such
 a folder under its bare name and pops them from ``sys.modules`` afterwards, so the folder we expose,
 ``trainer_lookup/``, holds exactly one uniquely named shim module that re-exports ``nnunet_ext.trainers``
-(the real classes then stay importable, picklable and lazily importable).
+(the real classes then stay importable, picklable and lazily importable). The shim also offers the trainers of
+other installed packages that declare an entry point in the ``nnunet_ext.trainers`` group (``nnunet_ext.plugins``
+holds the contract): their scan runs when nnU-Net's search imports the shim, never at interpreter start-up.
 
 The package installs a ``.pth`` file whose one line calls :func:`activate` at interpreter start-up, so every
 Python process of the environment (console scripts, DDP workers, data-loader workers) sees the folder. A
-value the user already set is kept: ours is appended, never replacing theirs.
+value the user already set is kept: ours is appended, never replacing theirs. This module therefore imports
+nothing but ``os`` and ``pathlib``.
 """
 import os
 from pathlib import Path
