@@ -11,11 +11,13 @@ SLOPE, INTERCEPT = 2.0, -1024.0
 
 
 def write_series(image: sitk.Image, folder: Path, series_uid: str = "1.2.826.0.1.3680043.2.1125.970.1",
-                 skip: tuple[int, ...] = (), repeat: tuple[int, ...] = (), modality: str = "CT") -> list[Path]:
+                 skip: tuple[int, ...] = (), repeat: tuple[int, ...] = (), modality: str = "CT",
+                 slope: float = SLOPE, intercept: float = INTERCEPT) -> list[Path]:
     """Write the slices of a 3D HU image as one DICOM file each, carrying its geometry in the tags.
 
     File names run against the slice order (so a reader sorting by name gets it wrong); ``skip`` leaves slices out
-    (a gap), ``repeat`` writes slices twice (same position, new instance UID). Returns the files written.
+    (a gap), ``repeat`` writes slices twice (same position, new instance UID). The writer stores
+    (HU - intercept) / slope, truncated to integers. Returns the files written.
     """
     folder.mkdir(parents=True, exist_ok=True)
     direction = np.array(image.GetDirection()).reshape(3, 3)
@@ -42,8 +44,8 @@ def write_series(image: sitk.Image, folder: Path, series_uid: str = "1.2.826.0.1
             "0020|0037": "\\".join(f"{v:.6f}" for v in (*row_cosine, *column_cosine)),
             "0028|0030": f"{spacing[1]:.6f}\\{spacing[0]:.6f}",
             "0018|0050": f"{spacing[2]:.6f}",
-            "0028|1052": f"{INTERCEPT:g}",
-            "0028|1053": f"{SLOPE:g}",
+            "0028|1052": f"{intercept:g}",
+            "0028|1053": f"{slope:g}",
         }
         for tag, value in tags.items():
             slice_image.SetMetaData(tag, value)

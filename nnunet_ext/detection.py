@@ -1,0 +1,756 @@
+"""RCC detection on top of any trained nnU-Net model: ``nnunet-ext detect``.
+
+Follows the clinical pipeline of Automated_RCC_detection (Toda et al.; github.com/Naoki-Toda/RCC_detection): contrast
+CT in, kidneys first, then a tumour search in each kidney, a per-side verdict and a picture of the axial slice with
+the most tumour. What differs from that notebook, and why:
+
+* the segmentation is nnU-Net's (``nnUNetPredictor``: its preprocessing, sliding window, fold ensemble), from one
+  model that predicts kidney and tumour, or two models (kidney, then tumour on a crop around the kidneys, like the
+  original's 2D kidney then 3D tumour network);
+* left and right come from patient coordinates (the image's direction and origin; ITK's LPS system, where +x is
+  the patient's left), not from image columns, so a flipped or rotated series gets the right side;
+* thresholds are volumes in mL instead of summed probabilities on one fixed grid, so they mean the same at any
+  voxel size, and a lesion is one connected component, not a sum over a crop.
+
+Default thresholds. The original sums predicted probabilities (a soft voxel count) on its working grid: in-plane
+pixels of about 2 mm (each slice resized to int(256 x pixel spacing) pixels, i.e. 2 mm for a 512 matrix) and
+every ceil(5 mm / slice thickness)-th slice, i.e. 5 mm for the usual 1, 1.25, 2.5 and 5 mm slices. One voxel is
+2 x 2 x 5 mm = 20 mm^3 = 0.02 mL, so its kidney threshold of 1000 is 1000 x 0.02 = 20 mL per side and its tumour
+threshold of 50 is 50 x 0.02 = 1 mL (a sphere of 12.4 mm diameter). Here they apply to hard-label volumes: a kidney
+side counts as present from 20 mL of kidney (its tumours included), a lesion from 1 mL.
+
+Outputs, in ``OUT/<case>/``: ``segmentation.nii.gz`` (0 background, 1 kidney, 2 tumour; the input's geometry),
+``report.json`` and ``<case>_<side>.png`` for each side with a lesion; ``OUT/summary.csv`` has one row per case and
+side, for every case folder in OUT. Each case is written to a hidden staging folder and renamed when complete, so a crash never leaves a case
+folder that looks finished.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from nnunet_ext import dicom
+
+__all__ = ["KIDNEY_MIN_ML", "TUMOR_MIN_ML", "SIDES", "ModelSpec", "DetectionCase", "resolve_model_folder",
+           "check_model", "collect_cases", "midline_x_mm", "decide_sides", "render_side_picture", "run_detection"]
+
+# The original's thresholds (1000 and 50 summed probabilities) times its voxel volume, 2 x 2 x 5 mm = 0.02 mL.
+ORIGINAL_VOXEL_ML = 2.0 * 2.0 * 5.0 / 1000.0
+KIDNEY_MIN_ML = 1000 * ORIGINAL_VOXEL_ML
+TUMOR_MIN_ML = 50 * ORIGINAL_VOXEL_ML
+THRESHOLD_DERIVATION = (
+    "Automated_RCC_detection thresholds summed probabilities on a ~2 x 2 x 5 mm grid (0.02 mL per voxel): kidney "
+    f"1000 -> {KIDNEY_MIN_ML:g} mL per side, tumour 50 -> {TUMOR_MIN_ML:g} mL per lesion")
+
+# Label values of the segmentation this workflow writes, whatever the models' own label values are.
+KIDNEY, TUMOUR = 1, 2
+SIDES = ("right", "left")
+VERDICT_NO_KIDNEY = "no kidney"
+VERDICT_NO_LESION = "no lesion"
+VERDICT_LESION = "RCC-suspected lesion"
+# Voxels above this (HU) form the body whose centre is the midline between the sides.
+BODY_HU = -500.0
+WINDOW_LEVEL_HU, WINDOW_WIDTH_HU = 40.0, 400.0
+# The shorter side of a picture is scaled up (integer factor) to at least this many pixels, so text stays legible.
+MIN_PICTURE_PIXELS = 512
+# In the two-stage setup the tumour model sees the kidneys' bounding box plus this margin.
+DEFAULT_CROP_MARGIN_MM = 20.0
+SUPPORTED_READER = "SimpleITKIO"
+SEGMENTATION_FILE = "segmentation.nii.gz"
+REPORT_FILE = "report.json"
+SUMMARY_FILE = "summary.csv"
+SUMMARY_COLUMNS = ("case", "side", "verdict", "kidney_ml", "kidney_present", "lesions", "largest_lesion_ml",
+                   "total_lesion_ml", "max_mean_probability", "picture")
+_CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\..+)$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A trained nnU-Net model folder (``.../Trainer__Plans__configuration``) and what to predict with."""
+
+    folder: Path
+    folds: tuple[str, ...]
+    checkpoint: str = "checkpoint_final.pth"
+
+
+@dataclass
+class ModelInfo:
+    """What ``check_model`` learnt about a model: enough to refuse bad input before any prediction."""
+
+    spec: ModelSpec
+    num_channels: int
+    channel_names: list[str]
+    file_ending: str
+    labels: dict[str, int]
+    has_regions: bool
+    output_values: list[int]
+
+    def probability_channel(self, label: int) -> int:
+        """Index of ``label``'s channel in nnU-Net's probabilities (region order, or the label value itself)."""
+        return self.output_values.index(label) if self.has_regions else label
+
+    def describe(self) -> dict:
+        trainer, plans, configuration = (self.spec.folder.name.split("__") + ["?", "?", "?"])[:3]
+        return {"folder": str(self.spec.folder), "dataset": self.spec.folder.parent.name, "trainer": trainer,
+                "plans": plans, "configuration": configuration, "folds": list(self.spec.folds),
+                "checkpoint": self.spec.checkpoint, "labels": self.labels}
+
+
+@dataclass
+class DetectionCase:
+    """One case of the input: a DICOM series folder, or nnU-Net-named channel files."""
+
+    name: str
+    kind: str  # "dicom" or "images"
+    sources: list[Path]
+    series_uid: str | None = None
+
+
+@dataclass
+class Lesion:
+    """One connected tumour component and the facts the report holds about it."""
+
+    number: int
+    side: str
+    voxels: int
+    volume_ml: float
+    centroid_voxel: list[float]
+    centroid_mm: list[float]
+    bbox_voxel: dict[str, list[int]]
+    bbox_mm: dict[str, list[float]]
+    touches_kidney: bool
+    mean_probability: float | None
+    counted: bool = False
+    reason: str = ""
+
+
+@dataclass
+class SideResult:
+    side: str
+    kidney_ml: float
+    kidney_present: bool
+    verdict: str
+    lesions: list[Lesion] = field(default_factory=list)
+    picture: str | None = None
+
+    @property
+    def counted(self) -> list[Lesion]:
+        return [lesion for lesion in self.lesions if lesion.counted]
+
+
+# ----------------------------------------------------------------------------------------------- models and input
+
+def resolve_model_folder(dataset: str, configuration: str, trainer: str, plans: str = "nnUNetPlans",
+                         results_dir: str | os.PathLike | None = None) -> Path:
+    """The model folder ``$nnUNet_results/DatasetXXX_Name/trainer__plans__configuration`` of a dataset id or name."""
+    results_dir = results_dir or os.environ.get("nnUNet_results")
+    if not results_dir:
+        raise RuntimeError("nnUNet_results is not set: set it to the folder with your trained models, or name the "
+                           "model folder itself with -m.")
+    results = Path(results_dir)
+    if dataset.isdigit():
+        matches = sorted(results.glob(f"Dataset{int(dataset):03d}_*"))
+    else:
+        matches = [results / dataset] if (results / dataset).is_dir() else []
+    if len(matches) != 1:
+        known = sorted(p.name for p in results.glob("Dataset*")) if results.is_dir() else []
+        raise FileNotFoundError(f"{'Several' if matches else 'No'} trained dataset '{dataset}' in {results}"
+                                f"{' (' + ', '.join(m.name for m in matches) + ')' if matches else ''}; "
+                                f"it holds: {', '.join(known) or 'nothing'}.")
+    folder = matches[0] / f"{trainer}__{plans}__{configuration}"
+    if not folder.is_dir():
+        trained = sorted(p.name for p in matches[0].iterdir() if p.is_dir())
+        raise FileNotFoundError(f"No model {folder.name} in {matches[0]}; trained there: "
+                                f"{', '.join(trained) or 'none'}. Check -tr, -c and -p, or train it with "
+                                "nnUNetv2_train.")
+    return folder
+
+
+def available_folds(folder: Path, checkpoint: str = "checkpoint_final.pth") -> list[str]:
+    """Folds of a model folder that hold ``checkpoint``: 0..4 in order, then 'all'."""
+    folds = [p.name.removeprefix("fold_") for p in folder.glob("fold_*") if (p / checkpoint).is_file()]
+    return sorted(folds, key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0))
+
+
+def default_folds(folder: Path, checkpoint: str = "checkpoint_final.pth") -> tuple[str, ...]:
+    """Like nnU-Net: every numbered fold with a checkpoint; 'all' only when there is no numbered fold."""
+    folds = available_folds(folder, checkpoint)
+    numbered = tuple(f for f in folds if f != "all")
+    return numbered or tuple(folds)
+
+
+def check_model(spec: ModelSpec, labels: dict[str, int]) -> ModelInfo:
+    """Check a model folder before any prediction: files, folds, image reader and the labels a rule needs.
+
+    ``labels`` maps a role ("kidney", "tumour") to the label value the model must predict for it.
+    Raises FileNotFoundError (missing folder, files or folds) or ValueError (labels, reader).
+    """
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    folder = spec.folder
+    for name in ("dataset.json", "plans.json"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder} is not a trained nnU-Net model folder (no {name}). Name the folder "
+                                    "that holds fold_X/, plans.json and dataset.json.")
+    found = available_folds(folder, spec.checkpoint)
+    if not spec.folds:
+        raise FileNotFoundError(f"No fold of {folder} has {spec.checkpoint}; train one with nnUNetv2_train first.")
+    missing = [f for f in spec.folds if f not in found]
+    if missing:
+        raise FileNotFoundError(f"Fold(s) {', '.join(missing)} of {folder} have no {spec.checkpoint}. Folds with one: "
+                                f"{', '.join(found) or 'none'}; pass those with -f, or finish training the others.")
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    plans = json.loads((folder / "plans.json").read_text())
+    reader = plans.get("image_reader_writer", SUPPORTED_READER)
+    if reader != SUPPORTED_READER:
+        raise ValueError(f"{folder} was planned with image reader {reader}; detect hands the model SimpleITK's "
+                         f"arrays and geometry, which only matches {SUPPORTED_READER}.")
+    label_manager = PlansManager(plans).get_label_manager(dataset_json)
+    outputs = [int(v) for v in (label_manager.regions_class_order if label_manager.has_regions
+                                else label_manager.foreground_labels)]
+    names = {name: value for name, value in dataset_json["labels"].items() if name != "background"}
+    for role, value in labels.items():
+        if value not in outputs:
+            raise ValueError(f"The {role} label {value} is not among the labels model {folder.name} predicts "
+                             f"({', '.join(f'{n}={v}' for n, v in names.items())}; predicted values "
+                             f"{outputs}). Pass --{'tumor' if role == 'tumour' else role}-label with one of them.")
+    channel_names = [dataset_json["channel_names"][k] for k in sorted(dataset_json["channel_names"], key=int)]
+    return ModelInfo(spec=spec, num_channels=len(channel_names), channel_names=channel_names,
+                     file_ending=dataset_json.get("file_ending", ".nii.gz"), labels=names,
+                     has_regions=label_manager.has_regions, output_values=outputs)
+
+
+def collect_cases(input_path: str | os.PathLike, num_channels: int, file_ending: str,
+                  series_uid: str | None = None) -> list[DetectionCase]:
+    """The cases of ``-i``: a DICOM series folder, a folder of such folders, a folder of nnU-Net-named images
+    (``CASE_0000.nii.gz``, ...), or one such image file. Every case is checked to be 3D with the model's channels.
+
+    Raises FileNotFoundError, ValueError (2D, wrong channels, duplicate names) or dicom.DicomError.
+    """
+    path = Path(input_path)
+    if not path.exists():
+        raise FileNotFoundError(f"Input {path} does not exist.")
+    if path.is_file():
+        match = _CHANNEL_FILE.match(path.name)
+        if not match:
+            raise ValueError(f"{path.name} is not in nnU-Net's naming (CASE_0000{file_ending}); rename it, or give "
+                             "its DICOM series folder.")
+        cases = _image_cases(path.parent, file_ending, only=match["case"])
+    elif dicom.list_series(path):
+        cases = [DetectionCase(dicom.case_name(path), "dicom", [path], series_uid)]
+    elif any(_CHANNEL_FILE.match(p.name) for p in path.glob(f"*{file_ending}")):
+        cases = _image_cases(path, file_ending)
+    else:
+        cases = [DetectionCase(name, "dicom", [folder], series_uid) for name, folder in dicom.find_dicom_cases(path)]
+
+    names = [case.name for case in cases]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Several cases of {path} would share an output folder: "
+                         f"{sorted({n for n in names if names.count(n) > 1})}. Rename the input folders.")
+    for case in cases:
+        _check_case(case, num_channels, file_ending)
+    return cases
+
+
+def _image_cases(folder: Path, file_ending: str, only: str | None = None) -> list[DetectionCase]:
+    channels: dict[str, list[tuple[int, Path]]] = {}
+    for file in sorted(folder.glob(f"*{file_ending}")):
+        match = _CHANNEL_FILE.match(file.name)
+        if match and match["ending"] == file_ending and (only is None or match["case"] == only):
+            channels.setdefault(match["case"], []).append((int(match["channel"]), file))
+    return [DetectionCase(name, "images", [file for _, file in sorted(files)]) for name, files in channels.items()]
+
+
+def _check_case(case: DetectionCase, num_channels: int, file_ending: str) -> None:
+    if case.kind == "dicom":
+        if num_channels != 1:
+            raise ValueError(f"The model expects {num_channels} channels, a DICOM series gives 1. Convert the "
+                             f"series with nnunet-ext dicom2nifti and give all channels as {case.name}_0000"
+                             f"{file_ending}, {case.name}_0001{file_ending}, ...")
+        series = dicom.list_series(case.sources[0])  # largest first, as read_dicom_series chooses
+        named = [s for s in series if s.uid == case.series_uid]
+        if case.series_uid and not named:
+            raise dicom.DicomError(f"Series {case.series_uid} is not in {case.sources[0]}; it holds "
+                                   f"{', '.join(s.uid for s in series)}.")
+        chosen = (named or series)[0]
+        if len(chosen.files) < 2:
+            raise ValueError(f"Case {case.name}: series {chosen.uid} has a single slice (a 2D image); detection "
+                             "needs a 3D volume, i.e. the whole series.")
+        return
+    numbers = [int(_CHANNEL_FILE.match(f.name)["channel"]) for f in case.sources]
+    if numbers != list(range(num_channels)):
+        raise ValueError(f"Case {case.name} has channel files {numbers}, the model expects "
+                         f"{list(range(num_channels))} ({case.name}_0000{file_ending} ...).")
+    for file in case.sources:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(file))
+        reader.ReadImageInformation()
+        if reader.GetDimension() != 3 or min(reader.GetSize()) < 2:
+            raise ValueError(f"{file.name} is a 2D image (size {reader.GetSize()}); detection needs a 3D volume.")
+
+
+def load_case(case: DetectionCase, log: Callable[[str], None] = print) -> tuple[list[sitk.Image], dict]:
+    """The case's channel images (same grid) and what the report says about the input."""
+    if case.kind == "dicom":
+        volume = dicom.read_dicom_series(case.sources[0], case.series_uid, log)
+        info = {"kind": "dicom", "path": str(volume.folder), "series_uid": volume.series_uid,
+                "files": volume.num_files, "modality": volume.modality, "warnings": volume.warnings}
+        images = [volume.image]
+    else:
+        images = [sitk.ReadImage(str(f)) for f in case.sources]
+        info = {"kind": "images", "path": [str(f) for f in case.sources], "warnings": []}
+        for file, image in zip(case.sources[1:], images[1:]):
+            if image.GetSize() != images[0].GetSize():
+                raise ValueError(f"{file.name} has size {image.GetSize()}, channel 0 {images[0].GetSize()}: all "
+                                 "channels of a case must share one grid.")
+    if images[0].GetDimension() != 3 or min(images[0].GetSize()) < 2:
+        raise ValueError(f"Case {case.name} is a 2D image (size {images[0].GetSize()}); detection needs a 3D volume.")
+    return images, info
+
+
+# ----------------------------------------------------------------------------------------------- per-side decision
+
+def voxel_volume_ml(reference: sitk.Image) -> float:
+    return float(np.prod(reference.GetSpacing())) / 1000.0
+
+
+def patient_x_mm(reference: sitk.Image, zyx_indices: np.ndarray) -> np.ndarray:
+    """Patient x (LPS: + is the patient's left) of voxels given as rows of (z, y, x) array indices."""
+    direction = np.array(reference.GetDirection()).reshape(3, 3)
+    scale = direction[0] * np.array(reference.GetSpacing())  # x_mm per step along ITK index axes (x, y, z)
+    return reference.GetOrigin()[0] + np.asarray(zyx_indices, dtype=float)[..., ::-1] @ scale
+
+
+def midline_x_mm(reference: sitk.Image, ct: np.ndarray | None = None) -> tuple[float, str]:
+    """Patient x of the plane between the sides: the body's centre on CT (voxels above -500 HU), else the centre
+    of the field of view. Returns the value and how it was found."""
+    if ct is not None:
+        body = ct > BODY_HU
+        if body.any():
+            # x is linear in the index, so the mean x of the body is the x of its mean index
+            mean_index = [np.average(np.arange(n), weights=body.sum(axis=tuple(a for a in range(3) if a != axis)))
+                          for axis, n in enumerate(body.shape)]
+            return float(patient_x_mm(reference, np.array(mean_index))), "body centre"
+    centre = (np.array(reference.GetSize()[::-1]) - 1) / 2.0
+    return float(patient_x_mm(reference, centre)), "field-of-view centre"
+
+
+def _side_of(x_mm: np.ndarray | float, midline: float) -> np.ndarray:
+    """1 for the patient's left (LPS +x), 0 for the right."""
+    return (np.asarray(x_mm) > midline).astype(np.int64)
+
+
+def decide_sides(labels: np.ndarray, reference: sitk.Image, *, kidney_min_ml: float = KIDNEY_MIN_ML,
+                 tumor_min_ml: float = TUMOR_MIN_ML, midline: float | None = None,
+                 tumour_probability: np.ndarray | None = None) -> tuple[dict[str, SideResult], np.ndarray]:
+    """The per-side verdict from a label map (0, 1 kidney, 2 tumour) on ``reference``'s grid.
+
+    Args:
+        labels: (z, y, x) array as SimpleITK gives it for ``reference``.
+        reference: the image whose spacing, origin and direction place the voxels in the patient.
+        kidney_min_ml: a side has a kidney when its kidney (tumours touching it included) reaches this volume.
+        tumor_min_ml: a lesion counts from this volume.
+        midline: patient x (mm) between the sides; default: the field-of-view centre.
+        tumour_probability: (z, y, x) tumour probability, for each lesion's mean; None leaves it out.
+
+    Returns the results by side ("right", "left") and the (z, y, x) map of lesion numbers (0 = none). A lesion is a
+    26-connected tumour component; its side is that of its centroid; it counts when it touches a kidney voxel, its
+    side has a kidney and it reaches ``tumor_min_ml``.
+    """
+    if midline is None:
+        midline = midline_x_mm(reference)[0]
+    voxel_ml = voxel_volume_ml(reference)
+    kidney_voxels = np.zeros(2, dtype=np.int64)
+    kidney_indices = np.argwhere(labels == KIDNEY)
+    if len(kidney_indices):
+        kidney_voxels += np.bincount(_side_of(patient_x_mm(reference, kidney_indices), midline), minlength=2)
+
+    components, count = ndimage.label(labels == TUMOUR, structure=np.ones((3, 3, 3), dtype=bool))
+    lesions = []
+    for number, box in enumerate(ndimage.find_objects(components), start=1):
+        lesions.append(_describe_lesion(number, box, components, labels, reference, midline, voxel_ml,
+                                        tumour_probability))
+
+    results = {}
+    for side_index, side in enumerate(SIDES):
+        own = [lesion for lesion in lesions if lesion.side == side]
+        kidney_ml = float(kidney_voxels[side_index] + sum(l.voxels for l in own if l.touches_kidney)) * voxel_ml
+        present = bool(kidney_ml >= kidney_min_ml)
+        for lesion in own:
+            lesion.counted = present and lesion.touches_kidney and lesion.volume_ml >= tumor_min_ml
+            lesion.reason = ("counted" if lesion.counted else "no kidney on this side" if not present
+                             else "outside the kidney" if not lesion.touches_kidney else "below the tumour threshold")
+        verdict = (VERDICT_NO_KIDNEY if not present else VERDICT_LESION if any(l.counted for l in own)
+                   else VERDICT_NO_LESION)
+        results[side] = SideResult(side, round(kidney_ml, 3), present, verdict, own)
+    return results, components
+
+
+def _describe_lesion(number: int, box: tuple[slice, ...], components: np.ndarray, labels: np.ndarray,
+                     reference: sitk.Image, midline: float, voxel_ml: float,
+                     probability: np.ndarray | None) -> Lesion:
+    grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+    mask = components[grown] == number
+    touches = bool((labels[grown][ndimage.binary_dilation(mask, np.ones((3, 3, 3), bool))] == KIDNEY).any())
+    voxels = int(mask.sum())
+    centroid_zyx = np.argwhere(mask).mean(axis=0) + [s.start for s in grown]
+    low = [s.start for s in box][::-1]  # ITK index order (x, y, z)
+    high = [s.stop - 1 for s in box][::-1]
+    corners = np.array([reference.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
+                        for corner in np.array(np.meshgrid(*zip(low, high))).T.reshape(-1, 3)])
+    mean_probability = float(probability[grown][mask].mean()) if probability is not None else None
+    return Lesion(
+        number=number,
+        side=SIDES[int(_side_of(patient_x_mm(reference, centroid_zyx), midline))],
+        voxels=voxels,
+        volume_ml=round(voxels * voxel_ml, 4),
+        centroid_voxel=[round(float(c), 2) for c in centroid_zyx[::-1]],
+        centroid_mm=[round(float(c), 2) for c in
+                     reference.TransformContinuousIndexToPhysicalPoint([float(c) for c in centroid_zyx[::-1]])],
+        bbox_voxel={"min": [int(v) for v in low], "max": [int(v) for v in high]},
+        bbox_mm={"min": [round(float(v), 2) for v in corners.min(0)],
+                 "max": [round(float(v), 2) for v in corners.max(0)]},
+        touches_kidney=touches,
+        mean_probability=None if mean_probability is None else round(mean_probability, 4),
+    )
+
+
+# ----------------------------------------------------------------------------------------------- pictures
+
+def picture_size(size_xy: tuple[int, int], spacing_xy: tuple[float, float]) -> tuple[int, int]:
+    """(width, height) of a picture of an axial slice: square pixels of the finer spacing, scaled up by an integer
+    factor until the shorter side has at least MIN_PICTURE_PIXELS."""
+    finest = min(spacing_xy)
+    width, height = (round(n * s / finest) for n, s in zip(size_xy, spacing_xy))
+    factor = max(1, math.ceil(MIN_PICTURE_PIXELS / min(width, height)))
+    return width * factor, height * factor
+
+
+def render_side_picture(ct: sitk.Image, labels: sitk.Image, lesions: sitk.Image, numbers: Sequence[int],
+                        path: Path, title: Sequence[str]) -> dict:
+    """Write a PNG of the axial slice where the lesions ``numbers`` (values of ``lesions``) have the largest area.
+
+    The slice is shown in radiological convention (patient right on the picture's left, anterior up) whatever the
+    input's orientation, at CT window level 40 / width 400 HU, with kidney outlines in green, tumour outlines in
+    red, a yellow box around each listed lesion in the slice, R/L/A/P markers and ``title`` in the top-left corner.
+    Returns the slice's patient z (mm), its index in the input's third axis and the picture's size.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    oriented = [sitk.DICOMOrient(image, "LPS") for image in (ct, labels, lesions)]
+    ct_array, label_array, lesion_array = (sitk.GetArrayViewFromImage(image) for image in oriented)
+    selected = np.isin(lesion_array, numbers)
+    k = int(np.argmax(selected.sum(axis=(1, 2))))
+
+    spacing = oriented[0].GetSpacing()
+    width, height = picture_size((ct_array.shape[2], ct_array.shape[1]), spacing[:2])
+    low = WINDOW_LEVEL_HU - WINDOW_WIDTH_HU / 2
+    grey = np.clip((ct_array[k].astype(np.float32) - low) / WINDOW_WIDTH_HU * 255.0, 0, 255).astype(np.uint8)
+    picture = Image.fromarray(grey).resize((width, height), Image.Resampling.BILINEAR).convert("RGB")
+    canvas = np.asarray(picture).copy()
+    line = max(1, round(min(width, height) / 256))
+    for mask, colour in ((label_array[k] > 0, (0, 220, 0)), (label_array[k] == TUMOUR, (255, 40, 40))):
+        canvas[_outline(_upscale(mask, width, height), line)] = colour
+    picture = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(picture)
+
+    scale_x, scale_y = width / ct_array.shape[2], height / ct_array.shape[1]
+    for number, box in enumerate(ndimage.find_objects(lesion_array), start=1):
+        if box is None or number not in numbers or not box[0].start <= k < box[0].stop:
+            continue
+        pad = 2 * line
+        draw.rectangle([box[2].start * scale_x - pad, box[1].start * scale_y - pad,
+                        box[2].stop * scale_x + pad - 1, box[1].stop * scale_y + pad - 1],
+                       outline=(255, 220, 0), width=line)
+
+    font = ImageFont.load_default(size=max(10, min(width, height) // 36))
+    text = {"fill": (255, 255, 255), "stroke_width": 2, "stroke_fill": (0, 0, 0), "font": font}
+    margin = font.size // 2
+    draw.text((margin, height / 2), "R", anchor="lm", **text)
+    draw.text((width - margin, height / 2), "L", anchor="rm", **text)
+    draw.text((width / 2, margin), "A", anchor="mt", **text)
+    draw.text((width / 2, height - margin), "P", anchor="mb", **text)
+    draw.multiline_text((margin, margin), "\n".join(title), **text)
+    draw.text((width - margin, height - margin), f"W{WINDOW_WIDTH_HU:g} L{WINDOW_LEVEL_HU:g}", anchor="rb", **text)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path)
+    centre = oriented[0].TransformIndexToPhysicalPoint([ct_array.shape[2] // 2, ct_array.shape[1] // 2, k])
+    return {"file": path.name, "axial_z_mm": round(centre[2], 2),
+            "input_slice_index": ct.TransformPhysicalPointToIndex(centre)[2], "size": [width, height]}
+
+
+def _upscale(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    rows = (np.arange(height) * mask.shape[0] // height)
+    columns = (np.arange(width) * mask.shape[1] // width)
+    return mask[rows[:, None], columns[None, :]]
+
+
+def _outline(mask: np.ndarray, width: int) -> np.ndarray:
+    return mask & ~ndimage.binary_erosion(mask, iterations=width, border_value=0)
+
+
+# ----------------------------------------------------------------------------------------------- the workflow
+
+@dataclass
+class DetectionSettings:
+    """Everything ``run_detection`` needs besides the input and output folders."""
+
+    model: ModelSpec
+    kidney_model: ModelSpec | None = None
+    kidney_label: int = 1
+    tumor_label: int = 2
+    kidney_min_ml: float = KIDNEY_MIN_ML
+    tumor_min_ml: float = TUMOR_MIN_ML
+    device: str = "cpu"
+    use_mirroring: bool = True
+    series_uid: str | None = None
+    crop_margin_mm: float = DEFAULT_CROP_MARGIN_MM
+    overwrite: bool = False
+
+
+def run_detection(input_path: str | os.PathLike, output_dir: str | os.PathLike, settings: DetectionSettings,
+                  log: Callable[[str], None] = print) -> list[dict]:
+    """Detect on every case of ``input_path``; writes ``output_dir/<case>/`` and ``output_dir/summary.csv`` and
+    returns the summary rows. Every check of the input, models and output runs before the first prediction."""
+    import torch
+
+    output_dir = Path(output_dir)
+    if settings.kidney_min_ml < 0 or settings.tumor_min_ml < 0:
+        raise ValueError("Thresholds are volumes in mL and cannot be negative.")
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda, but torch sees no CUDA device; use --device cpu.")
+    if settings.device == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError("--device mps, but torch sees no MPS device; use --device cpu.")
+    if settings.kidney_model is None:
+        if settings.kidney_label == settings.tumor_label:
+            raise ValueError(f"--kidney-label and --tumor-label are both {settings.kidney_label}; one model needs a "
+                             "label for each.")
+        tumour_model = check_model(settings.model, {"kidney": settings.kidney_label, "tumour": settings.tumor_label})
+        kidney_model = None
+    else:
+        kidney_model = check_model(settings.kidney_model, {"kidney": settings.kidney_label})
+        tumour_model = check_model(settings.model, {"tumour": settings.tumor_label})
+        if kidney_model.num_channels != tumour_model.num_channels:
+            raise ValueError(f"The kidney model takes {kidney_model.num_channels} channels, the tumour model "
+                             f"{tumour_model.num_channels}; both must read the same images.")
+    cases = collect_cases(input_path, tumour_model.num_channels, tumour_model.file_ending, settings.series_uid)
+    _refuse_existing_output(output_dir, cases, settings.overwrite)
+
+    predictors = {role: _make_predictor(model.spec, settings) for role, model in
+                  (("kidney", kidney_model), ("tumour", tumour_model)) if model is not None}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for index, case in enumerate(cases, start=1):
+        started = time.time()
+        log(f"[{index}/{len(cases)}] {case.name}: reading {case.kind} ...")
+        report = _detect_case(case, output_dir, settings, tumour_model, kidney_model, predictors, log)
+        for side in SIDES:
+            log(f"[{index}/{len(cases)}] {case.name} {side}: {_side_line(report['sides'][side])}")
+        log(f"[{index}/{len(cases)}] {case.name}: done in {time.time() - started:.1f} s -> {output_dir / case.name}")
+    rows = _write_summary(output_dir)
+    log(f"Wrote {len(cases)} case(s) and {output_dir / SUMMARY_FILE} ({len(rows) // len(SIDES)} case(s) in all)")
+    return rows
+
+
+def _refuse_existing_output(output_dir: Path, cases: list[DetectionCase], overwrite: bool) -> None:
+    existing = [output_dir / c.name for c in cases if (output_dir / c.name).exists()]
+    if (output_dir / SUMMARY_FILE).exists():
+        existing.append(output_dir / SUMMARY_FILE)
+    if existing and not overwrite:
+        raise FileExistsError(f"{output_dir} already holds results ({', '.join(p.name for p in existing[:5])}"
+                              f"{' ...' if len(existing) > 5 else ''}). Pass --overwrite to replace them, or choose "
+                              "another output folder.")
+
+
+def _make_predictor(spec: ModelSpec, settings: DetectionSettings):
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    device = torch.device(settings.device)
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=settings.use_mirroring,
+                                perform_everything_on_device=device.type == "cuda", device=device,
+                                allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(spec.folder), list(spec.folds), spec.checkpoint)
+    return predictor
+
+
+def _predict(predictor, channels: np.ndarray, spacing_zyx: list[float], probability_channel: int | None):
+    """nnU-Net's segmentation of a (C, z, y, x) array, and one channel of its probabilities if asked for."""
+    result = predictor.predict_single_npy_array(channels, {"spacing": spacing_zyx}, None, None,
+                                                probability_channel is not None)
+    if probability_channel is None:
+        return np.asarray(result), None
+    segmentation, probabilities = result
+    return np.asarray(segmentation), np.asarray(probabilities[probability_channel], dtype=np.float32)
+
+
+def _segment(images: list[sitk.Image], settings: DetectionSettings, tumour_model: ModelInfo,
+             kidney_model: ModelInfo | None, predictors: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The case's label map (0, 1 kidney, 2 tumour) and tumour probability, both (z, y, x)."""
+    channels = np.stack([sitk.GetArrayFromImage(image).astype(np.float32) for image in images])
+    spacing_zyx = list(images[0].GetSpacing())[::-1]
+    tumour_channel = tumour_model.probability_channel(settings.tumor_label)
+    if kidney_model is None:
+        segmentation, probability = _predict(predictors["tumour"], channels, spacing_zyx, tumour_channel)
+        kidney, tumour = segmentation == settings.kidney_label, segmentation == settings.tumor_label
+    else:
+        segmentation, _ = _predict(predictors["kidney"], channels, spacing_zyx, None)
+        kidney = segmentation == settings.kidney_label
+        tumour = np.zeros_like(kidney)
+        probability = np.zeros(kidney.shape, dtype=np.float32)
+        if kidney.any():
+            margin = [math.ceil(settings.crop_margin_mm / s) for s in spacing_zyx]
+            found = np.argwhere(kidney)
+            box = tuple(slice(max(lo - m, 0), min(hi + m + 1, n))
+                        for lo, hi, m, n in zip(found.min(0), found.max(0), margin, kidney.shape))
+            crop_segmentation, crop_probability = _predict(predictors["tumour"], channels[(slice(None), *box)],
+                                                           spacing_zyx, tumour_channel)
+            tumour[box] = crop_segmentation == settings.tumor_label
+            probability[box] = crop_probability
+    labels = np.where(tumour, TUMOUR, np.where(kidney, KIDNEY, 0)).astype(np.uint8)
+    return labels, probability
+
+
+def _detect_case(case: DetectionCase, output_dir: Path, settings: DetectionSettings, tumour_model: ModelInfo,
+                 kidney_model: ModelInfo | None, predictors: dict, log: Callable[[str], None]) -> dict:
+    images, input_info = load_case(case, log)
+    reference = images[0]
+    log(f"  size {reference.GetSize()}, spacing {tuple(round(s, 3) for s in reference.GetSpacing())} mm; "
+        f"segmenting ...")
+    labels, probability = _segment(images, settings, tumour_model, kidney_model, predictors)
+    is_ct = tumour_model.channel_names[0].upper() == "CT" or input_info.get("modality") == "CT"
+    midline, midline_method = midline_x_mm(reference, sitk.GetArrayViewFromImage(reference) if is_ct else None)
+    sides, lesion_map = decide_sides(labels, reference, kidney_min_ml=settings.kidney_min_ml,
+                                     tumor_min_ml=settings.tumor_min_ml, midline=midline,
+                                     tumour_probability=probability)
+
+    staging = output_dir / f".{case.name}.incomplete-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        label_image = sitk.GetImageFromArray(labels)
+        label_image.CopyInformation(reference)
+        sitk.WriteImage(label_image, str(staging / SEGMENTATION_FILE), useCompression=True)
+        lesion_image = sitk.GetImageFromArray(lesion_map.astype(np.int32))
+        lesion_image.CopyInformation(reference)
+        for side in SIDES:
+            result = sides[side]
+            if result.counted:
+                largest = max(result.counted, key=lambda l: l.volume_ml)
+                title = [f"{case.name}: {side} kidney", f"{len(result.counted)} lesion(s), largest "
+                         f"{largest.volume_ml:.3g} mL" + (f", p {largest.mean_probability:.2f}"
+                                                          if largest.mean_probability is not None else "")]
+                result.picture = render_side_picture(reference, label_image, lesion_image,
+                                                     [l.number for l in result.counted],
+                                                     staging / f"{case.name}_{side}.png", title)
+        report = _report(case, input_info, reference, settings, tumour_model, kidney_model, midline,
+                         midline_method, sides)
+        (staging / REPORT_FILE).write_text(json.dumps(report, indent=2))
+        _publish(staging, output_dir / case.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Rename the complete staging folder to ``target``; an older ``target`` goes only once the new one is there."""
+    retired = None
+    if target.exists():
+        retired = target.with_name(f".{target.name}.replaced-{uuid.uuid4().hex[:8]}")
+        os.replace(target, retired)
+    os.replace(staging, target)
+    if retired is not None:
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def _report(case: DetectionCase, input_info: dict, reference: sitk.Image, settings: DetectionSettings,
+            tumour_model: ModelInfo, kidney_model: ModelInfo | None, midline: float, midline_method: str,
+            sides: dict[str, SideResult]) -> dict:
+    return {
+        "case": case.name,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "input": input_info,
+        "image": {"size_xyz": list(reference.GetSize()), "spacing_xyz_mm": list(reference.GetSpacing()),
+                  "origin_mm": list(reference.GetOrigin()), "direction": list(reference.GetDirection()),
+                  "voxel_ml": voxel_volume_ml(reference)},
+        "coordinates": "patient coordinates are ITK/DICOM LPS in mm (+x patient left, +y posterior, +z superior); "
+                       "voxel coordinates are ITK indices (x = column, y = row, z = slice) of the input image",
+        "model": tumour_model.describe(),
+        "kidney_model": kidney_model.describe() if kidney_model else None,
+        "labels": {"kidney": settings.kidney_label, "tumour": settings.tumor_label,
+                   "segmentation_file": {"1": "kidney", "2": "tumour"}},
+        "thresholds": {"kidney_min_ml": settings.kidney_min_ml, "tumor_min_ml": settings.tumor_min_ml,
+                       "derivation": THRESHOLD_DERIVATION},
+        "prediction": {"device": settings.device, "mirroring": settings.use_mirroring,
+                       "crop_margin_mm": settings.crop_margin_mm if kidney_model else None},
+        "midline": {"x_mm": round(midline, 2), "method": midline_method},
+        "segmentation": SEGMENTATION_FILE,
+        "sides": {side: _side_dict(result) for side, result in sides.items()},
+        "versions": _versions(),
+    }
+
+
+def _side_dict(result: SideResult) -> dict:
+    return {"side": result.side, "verdict": result.verdict, "kidney_ml": result.kidney_ml,
+            "kidney_present": result.kidney_present, "lesions": [vars(lesion) for lesion in result.lesions],
+            "picture": result.picture}
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for package in ("nnunet-ext", "nnunetv2", "torch", "SimpleITK", "numpy", "scipy", "pillow"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def _side_line(side: dict) -> str:
+    counted = [l for l in side["lesions"] if l["counted"]]
+    volumes = ", ".join(f"{lesion['volume_ml']:.3g} mL" for lesion in counted)
+    lesions = f", {len(counted)} lesion(s) {volumes}" if counted else ""
+    return f"{side['verdict']} (kidney {side['kidney_ml']:.1f} mL{lesions})"
+
+
+def _summary_row(case: str, side: dict) -> dict:
+    counted = [l for l in side["lesions"] if l["counted"]]
+    probabilities = [l["mean_probability"] for l in counted if l["mean_probability"] is not None]
+    return {"case": case, "side": side["side"], "verdict": side["verdict"],
+            "kidney_ml": side["kidney_ml"], "kidney_present": side["kidney_present"], "lesions": len(counted),
+            "largest_lesion_ml": max((l["volume_ml"] for l in counted), default=0.0),
+            "total_lesion_ml": round(float(sum(l["volume_ml"] for l in counted)), 4),
+            "max_mean_probability": max(probabilities, default=""),
+            "picture": side["picture"]["file"] if side["picture"] else ""}
+
+
+def _write_summary(output_dir: Path) -> list[dict]:
+    """``summary.csv`` from every complete case folder of ``output_dir`` (earlier runs' cases included)."""
+    rows = []
+    for report_file in sorted(output_dir.glob(f"[!.]*/{REPORT_FILE}")):
+        report = json.loads(report_file.read_text())
+        rows.extend(_summary_row(report["case"], report["sides"][side]) for side in SIDES)
+    path = output_dir / SUMMARY_FILE
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(partial, path)
+    return rows

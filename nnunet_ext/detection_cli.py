@@ -1,0 +1,102 @@
+"""Arguments and entry points of ``nnunet-ext detect`` and ``nnunet-ext dicom2nifti``.
+
+Kept apart from ``detection`` so that building the parser of every nnunet-ext command imports no numpy, SimpleITK
+or torch.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_argument_group("model (-d/-c/-tr as for nnUNetv2_predict, or -m MODEL_FOLDER)")
+    parser.add_argument("-i", dest="input", required=True,
+                        help="a DICOM series folder, a folder of such folders (one case each), a folder of images "
+                             "in nnU-Net's naming (CASE_0000.nii.gz), or one such image")
+    parser.add_argument("-o", dest="output", required=True, help="output folder: OUT/<case>/ and OUT/summary.csv")
+    model.add_argument("-d", dest="dataset", help="dataset id or name of the (tumour) model")
+    model.add_argument("-c", dest="configuration", default="3d_fullres")
+    model.add_argument("-tr", dest="trainer", default="nnUNetTrainer")
+    model.add_argument("-p", dest="plans", default="nnUNetPlans")
+    model.add_argument("-m", dest="model_folder", help="a trained model folder instead of -d/-c/-tr/-p")
+    model.add_argument("-f", dest="folds", nargs="+", default=None,
+                       help="folds to ensemble (default: every numbered fold with a checkpoint, else 'all')")
+    model.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth")
+    model.add_argument("--kidney-model", default=None,
+                       help="two-stage setup: a trained kidney model folder; the main model then segments tumours "
+                            "in a crop around the kidneys")
+    model.add_argument("--kidney-folds", nargs="+", default=None, help="folds of --kidney-model (default: as for -f)")
+    rules = parser.add_argument_group("decision")
+    rules.add_argument("--kidney-label", type=int, default=1, help="kidney label value in the (kidney) model")
+    rules.add_argument("--tumor-label", type=int, default=2, help="tumour label value in the (tumour) model")
+    rules.add_argument("--kidney-min-ml", type=float, default=None,
+                       help="a side has a kidney from this volume, its tumours included (default 20: the original's "
+                            "1000 summed probabilities on its 2x2x5 mm grid)")
+    rules.add_argument("--tumor-min-ml", type=float, default=None,
+                       help="a lesion counts from this volume (default 1: the original's 50)")
+    parser.add_argument("--device", choices=("cpu", "cuda", "mps"), default=None,
+                        help="default: cuda when torch sees a GPU, else cpu")
+    parser.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation (faster)")
+    parser.add_argument("--series-uid", default=None,
+                        help="the Series Instance UID to read when a folder holds several (default: the largest)")
+    parser.add_argument("--crop-margin-mm", type=float, default=20.0,
+                        help="two-stage setup: margin around the kidneys for the tumour model")
+    parser.add_argument("--overwrite", action="store_true", help="replace results already in the output folder")
+
+
+def run_detect(args: argparse.Namespace) -> None:
+    from nnunet_ext import detection
+
+    thresholds = {name: value for name, value in (("kidney_min_ml", args.kidney_min_ml),
+                                                  ("tumor_min_ml", args.tumor_min_ml)) if value is not None}
+    settings = detection.DetectionSettings(
+        model=_model_spec(args.model_folder, args.dataset, args.configuration, args.trainer, args.plans, args.folds,
+                          args.checkpoint),
+        kidney_model=(_model_spec(args.kidney_model, None, "", "", "", args.kidney_folds, args.checkpoint)
+                      if args.kidney_model else None),
+        kidney_label=args.kidney_label, tumor_label=args.tumor_label, device=args.device or _default_device(),
+        use_mirroring=not args.disable_tta, series_uid=args.series_uid, crop_margin_mm=args.crop_margin_mm,
+        overwrite=args.overwrite, **thresholds)
+    detection.run_detection(args.input, args.output, settings)
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _model_spec(folder: str | None, dataset: str | None, configuration: str, trainer: str, plans: str,
+                folds: list[str] | None, checkpoint: str):
+    from nnunet_ext import detection
+
+    if folder is None and dataset is None:
+        raise ValueError("Name the model: -d DATASET [-c CONFIGURATION -tr TRAINER -p PLANS], or -m MODEL_FOLDER.")
+    if folder is not None:
+        path = Path(folder)
+        if not path.is_dir():
+            raise FileNotFoundError(f"Model folder {path} does not exist.")
+    else:
+        path = detection.resolve_model_folder(dataset, configuration, trainer, plans)
+    chosen = tuple(folds) if folds else detection.default_folds(path, checkpoint)
+    return detection.ModelSpec(folder=path, folds=chosen, checkpoint=checkpoint)
+
+
+def add_dicom2nifti_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-i", dest="input", required=True,
+                        help="a DICOM series folder, or a folder of such folders (one case each)")
+    parser.add_argument("-o", dest="output", required=True, help="output folder for <case>.nii.gz")
+    parser.add_argument("--series-uid", default=None,
+                        help="the Series Instance UID to read when a folder holds several (default: the largest)")
+    parser.add_argument("--nnunet-names", action="store_true",
+                        help="name the files <case>_0000.nii.gz, ready as nnU-Net input")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def run_dicom2nifti(args: argparse.Namespace) -> None:
+    from nnunet_ext.dicom import dicom_to_nifti
+
+    written = dicom_to_nifti(args.input, args.output, series_uid=args.series_uid, overwrite=args.overwrite,
+                             nnunet_names=args.nnunet_names)
+    print(f"Wrote {len(written)} file(s) to {args.output}")
