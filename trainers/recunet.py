@@ -1,0 +1,115 @@
+"""nnU-Net trainers for REC-UNet (liver and liver-tumour segmentation in CT; github.com/459806555/REC-UNet).
+
+The original trains liver and tumour as two independent sigmoid channels (liver = labels 1 ∪ 2, tumour = label 2)
+with BCE + soft Dice. In nnU-Net that is region-based training: declare the regions in dataset.json
+(``"labels": {"background": 0, "liver": [1, 2], "tumour": 2}``, ``"regions_class_order": [1, 2]``) and nnU-Net
+gives the network one sigmoid output per region and trains it with its ``DC_and_BCE_loss`` (BCE + soft Dice with
+equal weights, as the original's LiTS loss). Without regions the trainer still works, with softmax Dice + CE.
+
+Recipe of the original (``LiTS_train.py`` and its README) where it differs from nnU-Net's default:
+  * Adam, lr 3e-4, no weight decay (nnU-Net: SGD with Nesterov momentum, lr 1e-2, poly decay);
+  * the README's two runs (100 epochs at 3e-4, then the last checkpoint reloaded for 20 epochs at 1e-4) as one
+    schedule: lr 3e-4 for the first 100/120 of nnU-Net's epochs, 1e-4 for the rest;
+  * no deep supervision (the network has a single head).
+Kept from nnU-Net, unlike the original: its patch sampling, augmentation, batch size and epoch length, gradient
+clipping at 12, 5-fold cross-validation over patients (the original splits slices at random, so one patient's
+slices land in training and validation), no early stopping (the original stops after 50 epochs without
+validation-loss improvement), and 2D inputs of the planned channels (the original reads the middle slice of a
+3-slice stack). The 3D form of the network is not offered here: the original is 2D, and at its widths the 3D
+form has about 100 M parameters.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import _LRScheduler
+
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+
+from nnunet_ext.architectures import RECUNet
+from nnunet_ext.architectures.recunet import ORIGINAL_FEATURES
+from nnunet_ext.trainers.base import DemoRunMixin, ShortRunMixin, nnUNetTrainerExt
+
+
+class TwoPhaseLRScheduler(_LRScheduler):
+    """``initial_lr`` for epochs before ``switch_epoch``, ``final_lr`` from it on.
+
+    nnU-Net steps its scheduler once per epoch with the epoch number, so the learning rate is a pure function of
+    that number and survives ``--c`` resumption.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, initial_lr: float, final_lr: float, switch_epoch: int):
+        self.initial_lr = initial_lr
+        self.final_lr = final_lr
+        self.switch_epoch = switch_epoch
+        self.ctr = 0
+        super().__init__(optimizer)
+
+    def step(self, current_step: int | None = None) -> None:
+        if current_step is None or current_step == -1:
+            current_step = self.ctr
+            self.ctr += 1
+        lr = self.initial_lr if current_step < self.switch_epoch else self.final_lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+
+class nnUNetTrainerRECUNet(nnUNetTrainerExt):
+    """REC-UNet (2D configurations only) with the original's Adam recipe and no deep supervision."""
+
+    network_class = RECUNet
+    supported_dims = (2,)
+    final_lr = 1e-4
+    # README: 100 epochs at 3e-4, then 20 at 1e-4
+    final_phase_fraction = 20 / 120
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.initial_lr = 3e-4
+        self.weight_decay = 0.0
+        self.enable_deep_supervision = False
+
+    @classmethod
+    def adjust_patch_size(cls, patch_size: list[int]) -> list[int]:
+        # a patch the network would zero-pad in every step: train on real context of that size instead
+        return RECUNet.padded_input_size(patch_size)
+
+    @staticmethod
+    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        return RECUNet(num_input_channels, num_output_channels, deep_supervision=enable_deep_supervision)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay)
+        switch_epoch = round(self.num_epochs * (1 - self.final_phase_fraction))
+        return optimizer, TwoPhaseLRScheduler(optimizer, self.initial_lr, self.final_lr, switch_epoch)
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if not self.label_manager.has_regions:
+            self.print_to_log_file(
+                "Note: the dataset has no regions, so REC-UNet trains softmax outputs with Dice + CE. The original "
+                "trains overlapping sigmoid channels (liver = {liver, tumour}, tumour); declare them as regions in "
+                "dataset.json to train that way (see the README).")
+
+
+class nnUNetTrainerRECUNet_Smoke(ShortRunMixin, nnUNetTrainerRECUNet):
+    """1 epoch of 2 iterations, no mirroring, and a quarter of the original widths (16 ... 256 features, 2.18 M
+    parameters): pipeline checks in seconds. At the original widths each checkpoint holds 419 MB (weights and Adam
+    state), too much disk traffic for a test suite; the full-width network is tested on its own."""
+
+    features_per_stage = tuple(f // 4 for f in ORIGINAL_FEATURES)
+
+    @staticmethod
+    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        return RECUNet(num_input_channels, num_output_channels, deep_supervision=enable_deep_supervision,
+                       features_per_stage=nnUNetTrainerRECUNet_Smoke.features_per_stage)
+
+
+class nnUNetTrainerRECUNet_Demo(DemoRunMixin, nnUNetTrainerRECUNet):
+    """The step budget of ``nnunet-ext demo``."""
