@@ -1,0 +1,679 @@
+"""``nnunet-ext benchmark``: compare trainers from their nnU-Net cross-validation results.
+
+Everything is read from what nnU-Net leaves on disk, so the outputs can be regenerated at any time:
+``nnUNet_results/<Dataset>/<Trainer>__<plans>__<configuration>/fold_X/validation`` (``summary.json`` and the
+predicted label maps), the training logs next to it, and the ground truth in
+``nnUNet_preprocessed/<Dataset>/gt_segmentations``.
+
+Metrics, per label or region (nnU-Net's label manager decides which: ``dataset.json`` regions when it declares
+them), per validation case:
+
+* Dice: nnU-Net's own, from ``summary.json``.
+* HD95 (mm): the 95th percentile of the surface distances, the larger of the two directed values (prediction to
+  reference and back, as MONAI computes it).
+* NSD (normalised surface distance, surface Dice; Nikolov et al., 2021): the fraction of the surface voxels of
+  both masks within ``tolerance`` mm of the other mask's surface (default 2 mm, ``--nsd-tolerance``).
+
+Surfaces are the mask voxels with a face neighbour outside the mask; distances come from scipy's Euclidean
+distance transform with the image's voxel spacing. A label absent from both reference and prediction gives no
+value (nnU-Net's Dice is NaN then too); present in only one, HD95 is the image diagonal (the worst possible) and
+NSD is 0. Voxels of nnU-Net's ignore label are left out of both surfaces.
+
+Cost: parameters and FLOPs (2 x multiply-accumulates, ``architectures.profiling``) of the network that
+``nnUNetv2_predict`` builds (``build_network_architecture`` with the results folder's plans, no deep supervision),
+for one patch of the plan; seconds per epoch from ``Epoch time`` in the training logs; seconds per validation
+case from the log's time stamps (sliding-window prediction and export); peak memory when a log reports it.
+
+Statistics: mean ± standard deviation over all validation cases of all folds found; each trainer against a
+reference trainer (default nnU-Net's ``nnUNetTrainer``) on the per-case mean foreground Dice of the cases both
+have: Wilcoxon signed-rank test (scipy, two-sided, zero differences dropped) and the matched-pairs rank-biserial
+correlation (Kerby, 2014; +1: the trainer is better on every case, -1: worse).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import subprocess
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from nnunet_ext import checks
+
+DEFAULT_REFERENCE = "nnUNetTrainer"
+DEFAULT_NSD_TOLERANCE_MM = 2.0
+ALL_FOLDS = ("0", "1", "2", "3", "4")
+MEAN_KEY = "mean"  # the per-case mean over the foreground labels/regions
+
+
+class BenchmarkError(ValueError):
+    """Results that cannot be compared as asked; the message says what exists and what to do."""
+
+
+# ---- surface metrics ---------------------------------------------------------------------------------------------
+
+def surface_voxels(mask: np.ndarray) -> np.ndarray:
+    """The voxels of ``mask`` with at least one face neighbour outside it (the image border counts as outside)."""
+    from scipy import ndimage
+
+    structure = ndimage.generate_binary_structure(mask.ndim, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
+
+
+def surface_metrics(reference: np.ndarray, prediction: np.ndarray, spacing, tolerance_mm: float,
+                    ignore: np.ndarray | None = None) -> tuple[float, float]:
+    """(HD95 in mm, NSD at ``tolerance_mm``) of two boolean masks with voxel ``spacing`` (mm, array axis order).
+
+    NaN for both when both masks are empty; when only one is, (image diagonal, 0).
+    """
+    from scipy import ndimage
+
+    reference, prediction = reference.astype(bool), prediction.astype(bool)
+    if not reference.any() and not prediction.any():
+        return math.nan, math.nan
+    if not reference.any() or not prediction.any():
+        return float(np.linalg.norm(np.asarray(reference.shape) * np.asarray(spacing, dtype=float))), 0.0
+    surface_ref, surface_pred = surface_voxels(reference), surface_voxels(prediction)
+    if ignore is not None:
+        surface_ref &= ~ignore
+        surface_pred &= ~ignore
+    # distance of every voxel to the nearest surface voxel of the other mask
+    to_ref = ndimage.distance_transform_edt(~surface_voxels(reference), sampling=spacing)
+    to_pred = ndimage.distance_transform_edt(~surface_voxels(prediction), sampling=spacing)
+    pred_to_ref, ref_to_pred = to_ref[surface_pred], to_pred[surface_ref]
+    if pred_to_ref.size == 0 or ref_to_pred.size == 0:  # every surface voxel lies in the ignore region
+        return math.nan, math.nan
+    hd95 = max(np.percentile(pred_to_ref, 95), np.percentile(ref_to_pred, 95))
+    within = np.count_nonzero(pred_to_ref <= tolerance_mm) + np.count_nonzero(ref_to_pred <= tolerance_mm)
+    return float(hd95), within / (pred_to_ref.size + ref_to_pred.size)
+
+
+# ---- finding the results -----------------------------------------------------------------------------------------
+
+@dataclass
+class Model:
+    """One trainer x plans x configuration results folder and what it holds."""
+
+    trainer: str
+    plans: str
+    configuration: str
+    folder: Path
+    folds: list[str]
+    missing_folds: list[str]
+
+    @property
+    def name(self) -> str:
+        return f"{self.trainer} {self.configuration}"
+
+
+def _fold_names(folder: Path) -> list[str]:
+    names = [p.name.removeprefix("fold_") for p in folder.glob("fold_*") if (p / "validation" / "summary.json").is_file()]
+    return sorted(names, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))
+
+
+def _existing_results(dataset_folder: Path) -> str:
+    found = []
+    for folder in sorted(dataset_folder.glob("*__*__*")):
+        folds = _fold_names(folder)
+        found.append(f"{folder.name} (folds with validation: {', '.join(folds) or 'none'})")
+    return "; ".join(found) or "none"
+
+
+def find_models(results_root: Path, dataset_name: str, trainers: list[str], configurations: list[str],
+                plans: str | None, folds: list[str] | None = None) -> list[Model]:
+    """The results folder of every trainer x configuration, checked: it exists, holds validated folds, belongs to
+    this dataset, and every model uses the same plans."""
+    dataset_folder = results_root / dataset_name
+    if not dataset_folder.is_dir():
+        others = ", ".join(sorted(p.name for p in results_root.glob("Dataset*"))) or "none"
+        raise BenchmarkError(f"No results for {dataset_name} in nnUNet_results ({results_root}); datasets with "
+                             f"results: {others}. Train first, e.g. nnunet-ext cv -d {dataset_name[7:10]} ...")
+    models = []
+    for configuration in dict.fromkeys(configurations):
+        for trainer in dict.fromkeys(trainers):
+            pattern = f"{trainer}__{plans}__{configuration}" if plans else f"{trainer}__*__{configuration}"
+            candidates = [p for p in sorted(dataset_folder.glob(pattern)) if p.is_dir() and _fold_names(p)]
+            if not candidates:
+                raise BenchmarkError(
+                    f"No cross-validation results of {trainer} {configuration}"
+                    f"{f' with plans {plans}' if plans else ''} in {dataset_folder} (a fold counts once "
+                    f"fold_X/validation/summary.json exists). What exists: {_existing_results(dataset_folder)}. "
+                    f"Train it with nnunet-ext cv, or fix -tr/-c/-p.")
+            if len(candidates) > 1:
+                raise BenchmarkError(
+                    f"Mixed plans identifiers: {trainer} {configuration} has results with several plans "
+                    f"({', '.join(p.name.split('__')[1] for p in candidates)}). Choose one with -p.")
+            folder = candidates[0]
+            found = _fold_names(folder)
+            wanted = folds if folds else [f for f in ALL_FOLDS]
+            usable = [f for f in found if f in wanted]
+            if not usable:
+                raise BenchmarkError(f"{folder.name} has validated folds {', '.join(found)} but none of the requested "
+                                     f"folds {', '.join(wanted)}.")
+            models.append(Model(trainer, folder.name.split("__")[1], configuration, folder, usable,
+                                [f for f in wanted if f not in found]))
+    used_plans = {m.plans for m in models}
+    if len(used_plans) > 1:
+        detail = ", ".join(f"{m.trainer} {m.configuration}: {m.plans}" for m in models)
+        raise BenchmarkError(f"Mixed plans identifiers ({detail}): models trained with different plans differ in "
+                             f"more than the trainer. Pass -p to compare the models of one plans identifier.")
+    for model in models:
+        _check_belongs_to_dataset(model, dataset_name)
+    return models
+
+
+def _check_belongs_to_dataset(model: Model, dataset_name: str) -> None:
+    plans_file = model.folder / "plans.json"
+    if not plans_file.is_file():
+        raise BenchmarkError(f"{plans_file} is missing: not an nnU-Net results folder (nnUNetv2_train writes it).")
+    plans = json.loads(plans_file.read_text())
+    if plans.get("dataset_name") != dataset_name or plans.get("plans_name") != model.plans:
+        raise BenchmarkError(
+            f"{model.folder} holds results of dataset {plans.get('dataset_name')} with plans {plans.get('plans_name')} "
+            f"(its plans.json), not of {dataset_name} with plans {model.plans}: a results folder copied from another "
+            f"dataset? Move it back to nnUNet_results/{plans.get('dataset_name')}.")
+
+
+# ---- per-case metrics --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CaseMetrics:
+    trainer: str
+    configuration: str
+    fold: str
+    case: str
+    label: str  # nnU-Net's key of the label or region ("1", "(1, 2)"), or MEAN_KEY
+    dice: float
+    hd95: float
+    nsd: float
+
+
+def label_names(dataset_json: dict) -> dict[str, str]:
+    """nnU-Net's summary key of each foreground label or region -> its name in dataset.json."""
+    # the keys nnU-Net's evaluation writes: str(label) for labels, str(tuple(region)) for regions
+    return {str(tuple(value)) if isinstance(value, (list, tuple)) else str(int(value)): name
+            for name, value in dataset_json["labels"].items() if name not in ("background", "ignore")}
+
+
+def evaluate_model(model: Model, gt_folder: Path, tolerance_mm: float) -> list[CaseMetrics]:
+    """Per case and label/region: nnU-Net's Dice from summary.json, HD95 and NSD from the saved predictions."""
+    from nnunetv2.evaluation.evaluate_predictions import key_to_label_or_region, region_or_label_to_mask
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans_manager = PlansManager(str(model.folder / "plans.json"))
+    dataset_json = json.loads((model.folder / "dataset.json").read_text())
+    ending = dataset_json["file_ending"]
+    reader = plans_manager.image_reader_writer_class()
+    ignore_label = plans_manager.get_label_manager(dataset_json).ignore_label
+    rows = []
+    for fold in model.folds:
+        validation = model.folder / f"fold_{fold}" / "validation"
+        summary = json.loads((validation / "summary.json").read_text())
+        for entry in summary["metric_per_case"]:
+            case = Path(entry["prediction_file"]).name.removesuffix(ending)
+            reference_file, prediction_file = gt_folder / f"{case}{ending}", validation / f"{case}{ending}"
+            if not reference_file.is_file():
+                raise BenchmarkError(f"Validation case {case} of {model.folder.name} fold {fold} has no ground truth "
+                                     f"in {gt_folder}: these results come from another dataset (or its "
+                                     f"preprocessing was redone with other cases).")
+            if not prediction_file.is_file():
+                raise BenchmarkError(f"{prediction_file} is missing although summary.json lists it; rerun the "
+                                     f"validation: nnUNetv2_train ... {fold} -tr {model.trainer} --val --npz")
+            reference, properties = reader.read_seg(str(reference_file))
+            prediction, _ = reader.read_seg(str(prediction_file))
+            reference, prediction = reference[0], prediction[0]
+            ignore = reference == ignore_label if ignore_label is not None else None
+            dice_values = []
+            for key, values in entry["metrics"].items():
+                region = key_to_label_or_region(key)
+                hd95, nsd = surface_metrics(region_or_label_to_mask(reference, region),
+                                            region_or_label_to_mask(prediction, region), properties["spacing"],
+                                            tolerance_mm, ignore)
+                dice = _number(values["Dice"])
+                dice_values.append(dice)
+                rows.append(CaseMetrics(model.trainer, model.configuration, fold, case, key, dice, hd95, nsd))
+            case_rows = rows[-len(entry["metrics"]):]
+            rows.append(CaseMetrics(model.trainer, model.configuration, fold, case, MEAN_KEY,
+                                    _nanmean([r.dice for r in case_rows]), _nanmean([r.hd95 for r in case_rows]),
+                                    _nanmean([r.nsd for r in case_rows])))
+    return rows
+
+
+def _number(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def _nanstd(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
+
+
+# ---- cost --------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Cost:
+    parameters: int | None = None
+    flops: float | None = None  # per forward pass of one patch
+    patch_size: list[int] = field(default_factory=list)
+    epoch_seconds: float | None = None
+    epochs_logged: int = 0
+    seconds_per_case: float | None = None
+    peak_memory_mib: float | None = None
+
+
+TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?): (.*)$")
+EPOCH_TIME = re.compile(r"Epoch time: ([\d.]+) s")
+PEAK_MEMORY = re.compile(r"peak[ _](?:gpu |cuda |)memory[^0-9]*([\d.]+)\s*(MiB|MB|GiB|GB)", re.IGNORECASE)
+
+
+def network_size(model: Model, trainer_class: type) -> tuple[int, float, list[int]]:
+    """(parameters, FLOPs per patch, patch size) of the network nnU-Net builds to predict with this model."""
+    import torch
+
+    from nnunet_ext.architectures.profiling import count_macs, count_parameters
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans_manager = PlansManager(str(model.folder / "plans.json"))
+    configuration = plans_manager.get_configuration(model.configuration)
+    dataset_json = json.loads((model.folder / "dataset.json").read_text())
+    channels = determine_num_input_channels(plans_manager, configuration, dataset_json)
+    outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+    patch = [int(p) for p in configuration.patch_size]
+
+    def build():
+        return trainer_class.build_network_architecture(plans_manager, configuration, channels, outputs,
+                                                        enable_deep_supervision=False)
+
+    try:  # the meta device counts a full-size 3D patch without allocating it
+        with torch.device("meta"):
+            network = build()
+        macs = count_macs(network, (1, channels, *patch), device="meta")
+    except (NotImplementedError, RuntimeError):
+        network = build()
+        macs = count_macs(network, (1, channels, *patch), device="cpu")
+    return count_parameters(network), 2.0 * macs, patch
+
+
+def _log_lines(fold_folder: Path) -> list[tuple[list[str], Path]]:
+    return [(path.read_text(errors="replace").splitlines(), path)
+            for path in sorted(fold_folder.glob("training_log_*.txt"))]
+
+
+def _time(line: str) -> datetime | None:
+    match = TIMESTAMP.match(line)
+    return datetime.fromisoformat(match.group(1)) if match else None
+
+
+def validation_seconds_per_case(lines: list[str]) -> float | None:
+    """Seconds from the first 'predicting CASE' to 'Validation complete', per case, in one training log."""
+    starts = [_time(line) for line in lines if ": predicting " in line]
+    ends = [_time(line) for line in lines if "Validation complete" in line]
+    if not starts or not ends or starts[0] is None or ends[-1] is None:
+        return None
+    return (ends[-1] - starts[0]).total_seconds() / len(starts)
+
+
+def model_cost(model: Model, trainer_class: type) -> Cost:
+    cost = Cost()
+    cost.parameters, cost.flops, cost.patch_size = network_size(model, trainer_class)
+    epoch_times, per_case, peaks = [], [], []
+    for fold in model.folds:
+        logs = _log_lines(model.folder / f"fold_{fold}")
+        for lines, _ in logs:
+            epoch_times += [float(m.group(1)) for line in lines if (m := EPOCH_TIME.search(line))]
+            for line in lines:
+                if match := PEAK_MEMORY.search(line):
+                    value = float(match.group(1))
+                    peaks.append(value * 1024 if match.group(2).lower().startswith("g") else value)
+        validated = [s for lines, _ in logs if (s := validation_seconds_per_case(lines)) is not None]
+        if validated:
+            per_case.append(validated[-1])  # the latest validation of this fold
+    cost.epochs_logged = len(epoch_times)
+    cost.epoch_seconds = float(np.mean(epoch_times)) if epoch_times else None
+    cost.seconds_per_case = float(np.mean(per_case)) if per_case else None
+    cost.peak_memory_mib = max(peaks) if peaks else None
+    return cost
+
+
+# ---- statistics --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Comparison:
+    reference: str
+    cases: int  # paired cases (both have a per-case mean Dice)
+    mean_difference: float  # trainer - reference
+    p_value: float
+    rank_biserial: float
+
+
+def rank_biserial(differences: np.ndarray) -> float:
+    """Matched-pairs rank-biserial correlation: (R+ - R-) / (R+ + R-) over the ranks of the non-zero |d|."""
+    from scipy.stats import rankdata
+
+    nonzero = differences[differences != 0]
+    if nonzero.size == 0:
+        return 0.0
+    ranks = rankdata(np.abs(nonzero))
+    return float((ranks[nonzero > 0].sum() - ranks[nonzero < 0].sum()) / ranks.sum())
+
+
+def compare(values: dict[str, float], reference_values: dict[str, float], reference: str) -> Comparison:
+    """Paired comparison of per-case values (case -> value) over the cases both have."""
+    from scipy.stats import wilcoxon
+
+    cases = sorted(c for c in values.keys() & reference_values.keys()
+                   if not math.isnan(values[c]) and not math.isnan(reference_values[c]))
+    differences = np.array([values[c] - reference_values[c] for c in cases])
+    if not cases:
+        return Comparison(reference, 0, math.nan, math.nan, math.nan)
+    p_value = float(wilcoxon(differences).pvalue) if np.any(differences != 0) else 1.0
+    return Comparison(reference, len(cases), float(differences.mean()), p_value, rank_biserial(differences))
+
+
+# ---- the whole benchmark -----------------------------------------------------------------------------------------
+
+@dataclass
+class ModelSummary:
+    model: Model
+    cost: Cost
+    cases: list[CaseMetrics]
+    comparison: Comparison | None
+    reference_note: str = ""
+
+    def values(self, label: str, metric: str) -> list[float]:
+        return [getattr(c, metric) for c in self.cases if c.label == label]
+
+    def per_case_dice(self) -> dict[str, float]:
+        return {c.case: c.dice for c in self.cases if c.label == MEAN_KEY}
+
+
+def collect(dataset: str, configurations: list[str], trainers: list[str], plans: str | None = None,
+            reference: str | None = None, folds: list[str] | None = None,
+            tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> tuple[str, dict[str, str], list[ModelSummary]]:
+    """(dataset name, label names, one summary per trainer x configuration, reference models excluded unless
+    named in ``trainers``)."""
+    from nnunet_ext.catalog import resolve_trainer
+
+    if tolerance_mm <= 0:
+        raise BenchmarkError(f"--nsd-tolerance must be > 0 mm (got {tolerance_mm}).")
+    paths = checks.require_nnunet_paths()
+    dataset_name = checks.find_dataset(dataset, paths)
+    gt_folder = paths["nnUNet_preprocessed"] / dataset_name / "gt_segmentations"
+    if not gt_folder.is_dir():
+        raise BenchmarkError(f"No ground truth in {gt_folder}; run nnUNetv2_plan_and_preprocess -d {dataset_name[7:10]}"
+                             f" (it copies the training labels there).")
+    trainer_classes = {name: resolve_trainer(name) for name in dict.fromkeys(trainers)}
+    models = find_models(paths["nnUNet_results"], dataset_name, trainers, configurations, plans, folds)
+    plans = models[0].plans
+    reference_name = reference or DEFAULT_REFERENCE
+    reference_models: dict[str, Model | None] = {}
+    for configuration in dict.fromkeys(configurations):
+        named = [m for m in models if m.trainer == reference_name and m.configuration == configuration]
+        if named:
+            reference_models[configuration] = named[0]
+            continue
+        try:
+            reference_models[configuration] = find_models(paths["nnUNet_results"], dataset_name, [reference_name],
+                                                          [configuration], plans, folds)[0]
+        except BenchmarkError as error:
+            if reference is not None:  # asked for explicitly: say why it cannot be used
+                raise BenchmarkError(f"Reference {reference_name}: {error}") from None
+            reference_models[configuration] = None
+    evaluated: dict[tuple[str, str], list[CaseMetrics]] = {}
+
+    def cases_of(model: Model) -> list[CaseMetrics]:
+        key = (model.trainer, model.configuration)
+        if key not in evaluated:
+            evaluated[key] = evaluate_model(model, gt_folder, tolerance_mm)
+        return evaluated[key]
+
+    summaries = []
+    for model in models:
+        summary = ModelSummary(model, model_cost(model, trainer_classes[model.trainer]), cases_of(model), None)
+        reference_model = reference_models[model.configuration]
+        if model.trainer == reference_name:
+            summary.reference_note = "reference"
+        elif reference_model is None:
+            summary.reference_note = f"no results of the reference {reference_name}"
+        else:
+            reference_cases = {c.case: c.dice for c in cases_of(reference_model) if c.label == MEAN_KEY}
+            summary.comparison = compare(summary.per_case_dice(), reference_cases, reference_name)
+        summaries.append(summary)
+    dataset_json = json.loads((models[0].folder / "dataset.json").read_text())
+    return dataset_name, label_names(dataset_json), summaries
+
+
+def _format(mean: float, std: float, digits: int) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if not math.isnan(std) else f"{mean:.{digits}f}"
+
+
+def _optional(value: float | None, pattern: str) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else pattern.format(value)
+
+
+def _labels(summaries: list[ModelSummary]) -> list[str]:
+    keys = dict.fromkeys(c.label for s in summaries for c in s.cases if c.label != MEAN_KEY)
+    return [*keys, MEAN_KEY]
+
+
+CSV_COLUMNS = ("trainer", "configuration", "plans", "label", "label_name", "folds", "missing_folds", "cases",
+               "dice_mean", "dice_std", "hd95_mean_mm", "hd95_std_mm", "nsd_mean", "nsd_std", "nsd_tolerance_mm",
+               "parameters", "gflops_per_patch", "patch_size", "seconds_per_epoch", "epochs_logged",
+               "seconds_per_case", "peak_memory_mib", "reference", "paired_cases", "dice_difference",
+               "wilcoxon_p", "rank_biserial")
+
+
+def csv_rows(summaries: list[ModelSummary], names: dict[str, str], tolerance_mm: float) -> list[dict]:
+    rows = []
+    for s in summaries:
+        m, cost, comparison = s.model, s.cost, s.comparison
+        for label in _labels(summaries):
+            dice, hd95, nsd = (s.values(label, metric) for metric in ("dice", "hd95", "nsd"))
+            is_mean = label == MEAN_KEY
+            rows.append({
+                "trainer": m.trainer, "configuration": m.configuration, "plans": m.plans, "label": label,
+                "label_name": names.get(label, "foreground mean" if is_mean else label),
+                "folds": " ".join(m.folds), "missing_folds": " ".join(m.missing_folds), "cases": len(dice),
+                "dice_mean": _nanmean(dice), "dice_std": _nanstd(dice), "hd95_mean_mm": _nanmean(hd95),
+                "hd95_std_mm": _nanstd(hd95), "nsd_mean": _nanmean(nsd), "nsd_std": _nanstd(nsd),
+                "nsd_tolerance_mm": tolerance_mm, "parameters": cost.parameters,
+                "gflops_per_patch": cost.flops / 1e9 if cost.flops is not None else None,
+                "patch_size": "x".join(map(str, cost.patch_size)), "seconds_per_epoch": cost.epoch_seconds,
+                "epochs_logged": cost.epochs_logged, "seconds_per_case": cost.seconds_per_case,
+                "peak_memory_mib": cost.peak_memory_mib,
+                "reference": comparison.reference if comparison and is_mean else s.reference_note if is_mean else "",
+                "paired_cases": comparison.cases if comparison and is_mean else "",
+                "dice_difference": comparison.mean_difference if comparison and is_mean else "",
+                "wilcoxon_p": comparison.p_value if comparison and is_mean else "",
+                "rank_biserial": comparison.rank_biserial if comparison and is_mean else "",
+            })
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+
+
+def write_cases_csv(path: Path, summaries: list[ModelSummary]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("trainer", "configuration", "fold", "case", "label", "dice", "hd95_mm", "nsd"))
+        for s in summaries:
+            writer.writerows((c.trainer, c.configuration, c.fold, c.case, c.label, c.dice, c.hd95, c.nsd)
+                             for c in s.cases)
+
+
+def markdown(dataset_name: str, names: dict[str, str], summaries: list[ModelSummary], tolerance_mm: float,
+             ensemble_report: str | None) -> str:
+    labels = _labels(summaries)
+    title = {label: names.get(label, "mean" if label == MEAN_KEY else label) for label in labels}
+    lines = [f"# Cross-validation benchmark: {dataset_name}", "",
+             f"Plans {summaries[0].model.plans}. Mean ± standard deviation over the validation cases of all folds "
+             f"found. Dice from nnU-Net's summary.json; HD95 in mm; NSD at a tolerance of {tolerance_mm:g} mm; "
+             f"'mean' is the per-case mean over the foreground labels/regions.", ""]
+    for metric, header, digits in (("dice", "Dice", 3), ("hd95", "HD95 (mm)", 2), ("nsd", f"NSD @ {tolerance_mm:g} mm", 3)):
+        lines += [f"## {header}", "", "| trainer | configuration | folds | cases | "
+                  + " | ".join(title[label] for label in labels) + " |",
+                  "|---|---|---|---|" + "---|" * len(labels)]
+        for s in summaries:
+            cells = [_format(_nanmean(v), _nanstd(v), digits) for v in (s.values(label, metric) for label in labels)]
+            lines.append(f"| {s.model.trainer} | {s.model.configuration} | {', '.join(s.model.folds)} | "
+                         f"{len(s.values(MEAN_KEY, 'dice'))} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Cost and paired comparison", "",
+              "FLOPs: one forward pass of one patch of the plan (2 per multiply-accumulate). Time per case: nnU-Net's "
+              "validation (sliding window and export), from the training log. Comparison: per-case mean Dice against "
+              "the reference, Wilcoxon signed-rank test (two-sided) and matched-pairs rank-biserial correlation r "
+              "(> 0: better than the reference).", "",
+              "| trainer | configuration | parameters | GFLOPs | patch | s / epoch | s / case | peak memory (MiB) | "
+              "ΔDice vs reference | p | r | paired cases |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        c, cmp = s.cost, s.comparison
+        stats = ([f"{cmp.mean_difference:+.3f} ({cmp.reference})" if not math.isnan(cmp.mean_difference) else "n/a",
+                  _optional(cmp.p_value, "{:.3g}"), _optional(cmp.rank_biserial, "{:+.2f}"), str(cmp.cases)]
+                 if cmp else [s.reference_note, "", "", ""])
+        lines.append(f"| {s.model.trainer} | {s.model.configuration} | {c.parameters:,} | {c.flops / 1e9:.1f} | "
+                     f"{'x'.join(map(str, c.patch_size))} | {_optional(c.epoch_seconds, '{:.1f}')} | "
+                     f"{_optional(c.seconds_per_case, '{:.1f}')} | {_optional(c.peak_memory_mib, '{:.0f}')} | "
+                     + " | ".join(stats) + " |")
+    missing = [s for s in summaries if s.model.missing_folds]
+    lines += ["", "## Missing folds", ""]
+    lines += ([f"- {s.model.trainer} {s.model.configuration}: fold(s) {', '.join(s.model.missing_folds)} have no "
+               f"validation/summary.json (not included above)" for s in missing] or ["None."])
+    if ensemble_report:
+        lines += ["", "## Best model or ensemble (nnU-Net's find_best_configuration)", "", ensemble_report]
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: Path, summaries: list[ModelSummary]) -> None:
+    """Per-case mean Dice per model (box plot with the cases) and mean Dice against FLOPs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [f"{s.model.trainer}\n{s.model.configuration}" for s in summaries]
+    per_case = [[v for v in s.values(MEAN_KEY, "dice") if not math.isnan(v)] for s in summaries]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(6 + 1.6 * len(summaries), 5.5))
+    left.boxplot(per_case, showmeans=True)
+    left.set_xticks(range(1, len(names) + 1), names, fontsize=7, rotation=20, ha="right")
+    jitter = np.random.default_rng(0)
+    for index, values in enumerate(per_case, 1):
+        left.scatter(index + jitter.uniform(-0.12, 0.12, len(values)), values, s=14, alpha=0.7, zorder=3)
+    left.set_ylabel("per-case Dice (mean over foreground labels)")
+    left.set_title(f"Cross-validation Dice per case (n = {max(map(len, per_case))})")
+    for summary, name, values in zip(summaries, names, per_case):
+        right.scatter(summary.cost.flops / 1e9, np.mean(values) if values else np.nan, s=50,
+                      label=name.replace("\n", " "))
+    right.set_xlabel("GFLOPs per patch (forward pass)")
+    right.set_ylabel("mean Dice")
+    right.set_title("Dice vs cost")
+    right.margins(0.2)
+    right.grid(alpha=0.3)
+    right.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def run_find_best_configuration(dataset_name: str, summaries: list[ModelSummary], processes: int) -> str:
+    """nnU-Net's own model/ensemble selection over the folds every model has; returns a markdown report."""
+    from nnunet_ext.crossval import console_script
+
+    folds = sorted(set.intersection(*(set(s.model.folds) for s in summaries)) - {"all"}, key=int)
+    if not folds:
+        raise BenchmarkError("--ensemble needs folds that every model has; these models share none.")
+    for s in summaries:
+        for fold in folds:
+            if not any((s.model.folder / f"fold_{fold}" / "validation").glob("*.npz")):
+                raise BenchmarkError(f"{s.model.folder.name} fold {fold} has no .npz probabilities, which ensembling "
+                                     f"needs: rerun its validation with nnunet-ext cv (it adds --npz).")
+    trainers = list(dict.fromkeys(s.model.trainer for s in summaries))
+    configurations = list(dict.fromkeys(s.model.configuration for s in summaries))
+    command = [console_script("nnUNetv2_find_best_configuration"), dataset_name[7:10], "-c", *configurations,
+               "-tr", *trainers, "-p", summaries[0].model.plans, "-f", *folds, "-np", str(processes)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"nnUNetv2_find_best_configuration failed (exit {result.returncode}):\n"
+                           f"{(result.stdout + result.stderr)[-3000:]}")
+    results = Path(os.environ["nnUNet_results"]) / dataset_name
+    information = json.loads((results / "inference_information.json").read_text())
+    best = information["best_model_or_ensemble"]
+    chosen = " + ".join(f"{m['trainer']} {m['configuration']}" for m in best["selected_model_or_models"])
+    kind = "ensemble" if len(best["selected_model_or_models"]) > 1 else "single model"
+    lines = [f"Folds {', '.join(folds)}. Foreground Dice of every candidate (nnU-Net's cross-validation "
+             f"accumulation; ensembles average the .npz probabilities):", "",
+             "| model or ensemble | Dice |", "|---|---|"]
+    lines += [f"| {name} | {value:.4f} |" for name, value in information["all_results"].items()]
+    lines += ["", f"Best: **{chosen}** ({kind}), Dice {best['result_on_crossval_pre_pp']:.4f}, "
+                  f"{best['result_on_crossval_post_pp']:.4f} after nnU-Net's postprocessing.", "",
+              "Inference commands, as nnU-Net writes them:", "", "```",
+              (results / "inference_instructions.txt").read_text().strip(), "```"]
+    return "\n".join(lines)
+
+
+def run_benchmark(dataset: str, configurations: list[str], trainers: list[str], output: str | os.PathLike,
+                  plans: str | None = None, reference: str | None = None, folds: list[str] | None = None,
+                  tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, ensemble: bool = False,
+                  processes: int = 1) -> Path:
+    """The ``nnunet-ext benchmark`` command; returns the output folder."""
+    dataset_name, names, summaries = collect(dataset, configurations, trainers, plans, reference, folds, tolerance_mm)
+    for s in summaries:
+        if s.model.missing_folds:
+            print(f"Missing folds: {s.model.trainer} {s.model.configuration} has no validation/summary.json for "
+                  f"fold(s) {', '.join(s.model.missing_folds)}; benchmarking folds {', '.join(s.model.folds)}.")
+    ensemble_report = run_find_best_configuration(dataset_name, summaries, processes) if ensemble else None
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    write_csv(output / "benchmark.csv", csv_rows(summaries, names, tolerance_mm))
+    write_cases_csv(output / "benchmark_cases.csv", summaries)
+    text = markdown(dataset_name, names, summaries, tolerance_mm, ensemble_report)
+    (output / "benchmark.md").write_text(text)
+    plot(output / "benchmark.png", summaries)
+    print(text)
+    print(f"Wrote {output / 'benchmark.md'}, benchmark.csv, benchmark_cases.csv and benchmark.png")
+    return output
+
+
+def configure_parser(parser) -> None:
+    """The arguments of ``nnunet-ext benchmark`` (an argparse sub-parser)."""
+    parser.add_argument("-d", dest="dataset", required=True, help="dataset id or name")
+    parser.add_argument("-c", dest="configurations", nargs="+", required=True, help="configuration(s)")
+    parser.add_argument("-tr", dest="trainers", nargs="+", required=True, help="trainer names (ours or nnU-Net's)")
+    parser.add_argument("-p", dest="plans", default=None,
+                        help="plans identifier (default: the one the results use; several are refused)")
+    parser.add_argument("-o", dest="output", required=True, help="output folder for benchmark.md/.csv/.png")
+    parser.add_argument("--folds", nargs="+", default=None, help="folds to include (default: 0 1 2 3 4)")
+    parser.add_argument("--reference", default=None,
+                        help=f"trainer the others are compared with (default: {DEFAULT_REFERENCE}, if it has results)")
+    parser.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM,
+                        help=f"NSD tolerance in mm (default {DEFAULT_NSD_TOLERANCE_MM:g})")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="also run nnU-Net's find_best_configuration (best single model or ensemble)")
+    parser.add_argument("-np", dest="processes", type=int, default=1,
+                        help="processes for --ensemble (nnUNetv2_find_best_configuration -np)")
+    parser.set_defaults(func=command)
+
+
+def command(args) -> None:
+    run_benchmark(args.dataset, args.configurations, args.trainers, args.output, plans=args.plans,
+                  reference=args.reference, folds=args.folds, tolerance_mm=args.nsd_tolerance,
+                  ensemble=args.ensemble, processes=args.processes)
