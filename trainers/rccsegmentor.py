@@ -10,8 +10,7 @@ nnU-Net's augmentation and sliding-window inference) and change only:
     4/7, 2/7, 1/7 without switching the coarsest off, so that its head always has a gradient (DDP);
   * optionally, ImageNet weights for the PVTv2 encoder from a local file, named by the class attribute
     ``pretrained_weights`` or the environment variable ``NNUNET_EXT_PVT_V2_WEIGHTS`` (the attribute wins).
-    They are loaded when training starts (a resumed run then restores its checkpoint over them); prediction
-    never reads them. Nothing is downloaded; without either, the encoder starts random, the original's default.
+    They are loaded when a training starts from scratch; ``--c``, ``--val`` and prediction never read them. Nothing is downloaded; without either, the encoder starts random, the original's default.
 """
 from __future__ import annotations
 
@@ -40,6 +39,7 @@ class nnUNetTrainerRccSegmentor(nnUNetTrainerExt):
     supported_dims = (2,)
     backbone: str = "pvt_v2_b2"
     pretrained_weights: str | None = None
+    _restoring_checkpoint = False
 
     @classmethod
     def adjust_patch_size(cls, patch_size: list[int]) -> list[int]:
@@ -67,11 +67,16 @@ class nnUNetTrainerRccSegmentor(nnUNetTrainerExt):
         """The encoder checkpoint to start from: ``pretrained_weights``, else ``$NNUNET_EXT_PVT_V2_WEIGHTS``."""
         return cls.pretrained_weights or os.environ.get(PRETRAINED_WEIGHTS_VARIABLE) or None
 
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        # the checkpoint's weights replace any ImageNet start (--c, --val): that file is neither read nor needed
+        self._restoring_checkpoint = True
+        super().load_checkpoint(filename_or_checkpoint)
+
     def initialize(self) -> None:
         first_time = not self.was_initialized
         super().initialize()
         path = self.pretrained_weights_path()
-        if first_time and path:
+        if first_time and path and not self._restoring_checkpoint:
             source = (f"{type(self).__name__}.pretrained_weights" if self.pretrained_weights else
                       f"the environment variable {PRETRAINED_WEIGHTS_VARIABLE}")
             try:
