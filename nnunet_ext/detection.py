@@ -21,8 +21,8 @@ side counts as present from 20 mL of kidney (its tumours included), a lesion fro
 
 Outputs, in ``OUT/<case>/``: ``segmentation.nii.gz`` (0 background, 1 kidney, 2 tumour; the input's geometry),
 ``report.json`` and ``<case>_<side>.png`` for each side with a lesion; ``OUT/summary.csv`` has one row per case and
-side, for every case folder in OUT. Each case is written to a hidden staging folder and renamed when complete, so a crash never leaves a case
-folder that looks finished.
+side, for every case folder in OUT. Each case is written to a hidden staging folder and renamed when complete, so a
+crash never leaves a case folder that looks finished.
 """
 from __future__ import annotations
 
@@ -36,9 +36,9 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -123,7 +123,11 @@ class DetectionCase:
 
 @dataclass
 class Lesion:
-    """One connected tumour component and the facts the report holds about it."""
+    """One connected tumour component and the facts the report holds about it.
+
+    Voxel coordinates are ITK indices (x, y, z) of the input image; patient coordinates are LPS in mm. The bounding
+    boxes are inclusive (``max`` is the last voxel); ``bbox_mm`` is the axis-aligned box of that box's corners.
+    """
 
     number: int
     side: str
@@ -141,6 +145,8 @@ class Lesion:
 
 @dataclass
 class SideResult:
+    """The verdict for one side ("right" or "left"), its kidney volume in mL and its tumour components."""
+
     side: str
     kidney_ml: float
     kidney_present: bool
@@ -380,7 +386,7 @@ def decide_sides(labels: np.ndarray, reference: sitk.Image, *, kidney_min_ml: fl
     if len(kidney_indices):
         kidney_voxels += np.bincount(_side_of(patient_x_mm(reference, kidney_indices), midline), minlength=2)
 
-    components, count = ndimage.label(labels == TUMOUR, structure=np.ones((3, 3, 3), dtype=bool))
+    components, _ = ndimage.label(labels == TUMOUR, structure=np.ones((3, 3, 3), dtype=bool))
     lesions = []
     for number, box in enumerate(ndimage.find_objects(components), start=1):
         lesions.append(_describe_lesion(number, box, components, labels, reference, midline, voxel_ml,
@@ -389,13 +395,14 @@ def decide_sides(labels: np.ndarray, reference: sitk.Image, *, kidney_min_ml: fl
     results = {}
     for side_index, side in enumerate(SIDES):
         own = [lesion for lesion in lesions if lesion.side == side]
-        kidney_ml = float(kidney_voxels[side_index] + sum(l.voxels for l in own if l.touches_kidney)) * voxel_ml
+        attached = sum(lesion.voxels for lesion in own if lesion.touches_kidney)
+        kidney_ml = float(kidney_voxels[side_index] + attached) * voxel_ml
         present = bool(kidney_ml >= kidney_min_ml)
         for lesion in own:
             lesion.counted = present and lesion.touches_kidney and lesion.volume_ml >= tumor_min_ml
             lesion.reason = ("counted" if lesion.counted else "no kidney on this side" if not present
                              else "outside the kidney" if not lesion.touches_kidney else "below the tumour threshold")
-        verdict = (VERDICT_NO_KIDNEY if not present else VERDICT_LESION if any(l.counted for l in own)
+        verdict = (VERDICT_NO_KIDNEY if not present else VERDICT_LESION if any(lesion.counted for lesion in own)
                    else VERDICT_NO_LESION)
         results[side] = SideResult(side, round(kidney_ml, 3), present, verdict, own)
     return results, components
@@ -633,7 +640,10 @@ def _detect_case(case: DetectionCase, output_dir: Path, settings: DetectionSetti
     log(f"  size {reference.GetSize()}, spacing {tuple(round(s, 3) for s in reference.GetSpacing())} mm; "
         f"segmenting ...")
     labels, probability = _segment(images, settings, tumour_model, kidney_model, predictors)
-    is_ct = tumour_model.channel_names[0].upper() == "CT" or input_info.get("modality") == "CT"
+    modality = input_info.get("modality")
+    if modality and modality != "CT":
+        input_info["warnings"].append(f"modality {modality}: the picture's window and the body midline assume CT")
+    is_ct = modality == "CT" or (not modality and tumour_model.channel_names[0].upper() == "CT")
     midline, midline_method = midline_x_mm(reference, sitk.GetArrayViewFromImage(reference) if is_ct else None)
     sides, lesion_map = decide_sides(labels, reference, kidney_min_ml=settings.kidney_min_ml,
                                      tumor_min_ml=settings.tumor_min_ml, midline=midline,
@@ -650,12 +660,12 @@ def _detect_case(case: DetectionCase, output_dir: Path, settings: DetectionSetti
         for side in SIDES:
             result = sides[side]
             if result.counted:
-                largest = max(result.counted, key=lambda l: l.volume_ml)
+                largest = max(result.counted, key=lambda lesion: lesion.volume_ml)
                 title = [f"{case.name}: {side} kidney", f"{len(result.counted)} lesion(s), largest "
                          f"{largest.volume_ml:.3g} mL" + (f", p {largest.mean_probability:.2f}"
                                                           if largest.mean_probability is not None else "")]
                 result.picture = render_side_picture(reference, label_image, lesion_image,
-                                                     [l.number for l in result.counted],
+                                                     [lesion.number for lesion in result.counted],
                                                      staging / f"{case.name}_{side}.png", title)
         report = _report(case, input_info, reference, settings, tumour_model, kidney_model, midline,
                          midline_method, sides)
@@ -723,19 +733,19 @@ def _versions() -> dict[str, str]:
 
 
 def _side_line(side: dict) -> str:
-    counted = [l for l in side["lesions"] if l["counted"]]
+    counted = [lesion for lesion in side["lesions"] if lesion["counted"]]
     volumes = ", ".join(f"{lesion['volume_ml']:.3g} mL" for lesion in counted)
     lesions = f", {len(counted)} lesion(s) {volumes}" if counted else ""
     return f"{side['verdict']} (kidney {side['kidney_ml']:.1f} mL{lesions})"
 
 
 def _summary_row(case: str, side: dict) -> dict:
-    counted = [l for l in side["lesions"] if l["counted"]]
-    probabilities = [l["mean_probability"] for l in counted if l["mean_probability"] is not None]
+    counted = [lesion for lesion in side["lesions"] if lesion["counted"]]
+    probabilities = [lesion["mean_probability"] for lesion in counted if lesion["mean_probability"] is not None]
     return {"case": case, "side": side["side"], "verdict": side["verdict"],
             "kidney_ml": side["kidney_ml"], "kidney_present": side["kidney_present"], "lesions": len(counted),
-            "largest_lesion_ml": max((l["volume_ml"] for l in counted), default=0.0),
-            "total_lesion_ml": round(float(sum(l["volume_ml"] for l in counted)), 4),
+            "largest_lesion_ml": max((lesion["volume_ml"] for lesion in counted), default=0.0),
+            "total_lesion_ml": round(float(sum(lesion["volume_ml"] for lesion in counted)), 4),
             "max_mean_probability": max(probabilities, default=""),
             "picture": side["picture"]["file"] if side["picture"] else ""}
 

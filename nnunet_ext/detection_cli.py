@@ -51,10 +51,8 @@ def run_detect(args: argparse.Namespace) -> None:
     thresholds = {name: value for name, value in (("kidney_min_ml", args.kidney_min_ml),
                                                   ("tumor_min_ml", args.tumor_min_ml)) if value is not None}
     settings = detection.DetectionSettings(
-        model=_model_spec(args.model_folder, args.dataset, args.configuration, args.trainer, args.plans, args.folds,
-                          args.checkpoint),
-        kidney_model=(_model_spec(args.kidney_model, None, "", "", "", args.kidney_folds, args.checkpoint)
-                      if args.kidney_model else None),
+        model=_model_spec(args),
+        kidney_model=_folder_spec(args.kidney_model, args.kidney_folds, args.checkpoint) if args.kidney_model else None,
         kidney_label=args.kidney_label, tumor_label=args.tumor_label, device=args.device or _default_device(),
         use_mirroring=not args.disable_tta, series_uid=args.series_uid, crop_margin_mm=args.crop_margin_mm,
         overwrite=args.overwrite, **thresholds)
@@ -67,18 +65,24 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _model_spec(folder: str | None, dataset: str | None, configuration: str, trainer: str, plans: str,
-                folds: list[str] | None, checkpoint: str):
+def _model_spec(args: argparse.Namespace):
+    """The main model from -m, or from -d/-c/-tr/-p under $nnUNet_results."""
     from nnunet_ext import detection
 
-    if folder is None and dataset is None:
+    if args.model_folder is not None:
+        return _folder_spec(args.model_folder, args.folds, args.checkpoint)
+    if args.dataset is None:
         raise ValueError("Name the model: -d DATASET [-c CONFIGURATION -tr TRAINER -p PLANS], or -m MODEL_FOLDER.")
-    if folder is not None:
-        path = Path(folder)
-        if not path.is_dir():
-            raise FileNotFoundError(f"Model folder {path} does not exist.")
-    else:
-        path = detection.resolve_model_folder(dataset, configuration, trainer, plans)
+    folder = detection.resolve_model_folder(args.dataset, args.configuration, args.trainer, args.plans)
+    return _folder_spec(str(folder), args.folds, args.checkpoint)
+
+
+def _folder_spec(folder: str, folds: list[str] | None, checkpoint: str):
+    from nnunet_ext import detection
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise FileNotFoundError(f"Model folder {path} does not exist.")
     chosen = tuple(folds) if folds else detection.default_folds(path, checkpoint)
     return detection.ModelSpec(folder=path, folds=chosen, checkpoint=checkpoint)
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -117,10 +117,16 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None,
     if not series:
         raise DicomError(f"No DICOM series in {folder}. Give the folder that holds the series' .dcm files "
                          "(subfolders are not searched).")
-    chosen = _choose_series(folder, series, series_uid, log)
-    files, notes = _order_slices(chosen.files)
-    for note in notes:
+    chosen = _choose_series(folder, series, series_uid)
+    notes = []
+    if series_uid is None and len(series) > 1:
+        log(f"{folder} holds {len(series)} series; using the largest, {chosen.uid} ({len(chosen.files)} files). "
+            f"Others: {_describe(series[1:])}. Name one with --series-uid.")
+        notes.append(f"{len(series)} series in the folder; read the largest, {chosen.uid}")
+    files, slice_notes = _order_slices(chosen.files)
+    for note in slice_notes:
         log(f"warning: {folder}: {note}")
+    notes += slice_notes
 
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
@@ -157,7 +163,7 @@ def dicom_to_nifti(input_path: str | os.PathLike, output_dir: str | os.PathLike,
         raise FileExistsError(f"{len(existing)} output file(s) exist already, e.g. {existing[0]}. Pass --overwrite "
                               "to replace them, or choose another output folder.")
     output_dir.mkdir(parents=True, exist_ok=True)
-    for index, ((name, folder), target) in enumerate(zip(cases, targets), start=1):
+    for index, ((_, folder), target) in enumerate(zip(cases, targets), start=1):
         log(f"[{index}/{len(cases)}] {folder} -> {target}")
         volume = read_dicom_series(folder, series_uid, log)
         write_image_atomically(volume.image, target)
@@ -181,17 +187,13 @@ def _quiet_itk():
         sitk.ProcessObject.SetGlobalWarningDisplay(display)
 
 
-def _choose_series(folder: Path, series: list[DicomSeries], series_uid: str | None,
-                   log: Callable[[str], None]) -> DicomSeries:
-    if series_uid is not None:
-        for candidate in series:
-            if candidate.uid == series_uid:
-                return candidate
-        raise DicomError(f"Series {series_uid} is not in {folder}; it holds: {_describe(series)}.")
-    if len(series) > 1:
-        log(f"{folder} holds {len(series)} series; using the largest, {series[0].uid} ({len(series[0].files)} "
-            f"files). Others: {_describe(series[1:])}. Name one with --series-uid.")
-    return series[0]
+def _choose_series(folder: Path, series: list[DicomSeries], series_uid: str | None) -> DicomSeries:
+    if series_uid is None:
+        return series[0]
+    for candidate in series:
+        if candidate.uid == series_uid:
+            return candidate
+    raise DicomError(f"Series {series_uid} is not in {folder}; it holds: {_describe(series)}.")
 
 
 def _describe(series: list[DicomSeries]) -> str:

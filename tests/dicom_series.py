@@ -1,6 +1,7 @@
 """Writes CT series as DICOM files with SimpleITK, for the DICOM and detection tests."""
 from __future__ import annotations
 
+import locale
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,17 @@ def write_series(image: sitk.Image, folder: Path, series_uid: str = "1.2.826.0.1
     (a gap), ``repeat`` writes slices twice (same position, new instance UID). The writer stores
     (HU - intercept) / slope, truncated to integers. Returns the files written.
     """
+    # SimpleITK's DICOM writer leaves the C locale's character set behind (ASCII), which breaks decoding the
+    # output of every later subprocess of the test session (run_command's text=True)
+    saved_locale = locale.setlocale(locale.LC_ALL)
+    try:
+        return _write_slices(image, folder, series_uid, skip, repeat, modality, slope, intercept)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved_locale)
+
+
+def _write_slices(image: sitk.Image, folder: Path, series_uid: str, skip: tuple[int, ...], repeat: tuple[int, ...],
+                  modality: str, slope: float, intercept: float) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     direction = np.array(image.GetDirection()).reshape(3, 3)
     row_cosine, column_cosine = direction[:, 0], direction[:, 1]

@@ -218,8 +218,8 @@ def test_detect_writes_reports_segmentations_pictures_and_summary(trained_model,
             written = report["sides"][side]
             assert written["verdict"] == expected[side].verdict
             assert written["kidney_ml"] == pytest.approx(expected[side].kidney_ml, abs=1e-3)
-            assert [l["voxels"] for l in written["lesions"]] == [l.voxels for l in expected[side].lesions]
-            assert all(0 <= l["mean_probability"] <= 1 for l in written["lesions"])
+            assert [lesion["voxels"] for lesion in written["lesions"]] == [e.voxels for e in expected[side].lesions]
+            assert all(0 <= lesion["mean_probability"] <= 1 for lesion in written["lesions"])
             picture = output / case / f"{case}_{side}.png"
             assert picture.exists() == (written["verdict"] == "RCC-suspected lesion")
             if picture.exists():

@@ -66,7 +66,8 @@ def test_several_series_take_the_named_or_the_largest(tmp_path):
 
     assert largest.series_uid == "1.2.3.970.10" and largest.image.GetSize() == SIZE
     assert "2 series" in messages[0] and "1.2.3.970.11 (3 files)" in messages[0] and "--series-uid" in messages[0]
-    assert named.image.GetSize() == (12, 10, 3)
+    assert largest.warnings == ["2 series in the folder; read the largest, 1.2.3.970.10"]
+    assert named.image.GetSize() == (12, 10, 3) and named.warnings == []
     with pytest.raises(DicomError, match="1.2.3.970.99 is not in"):
         read_dicom_series(folder / "a", series_uid="1.2.3.970.99")
 
