@@ -3,7 +3,9 @@
 One command measures, for each network and slice size, in a fresh subprocess: parameters, MACs per slice (counted
 on the meta device, no arithmetic), forward-pass throughput at batch --batch (eval mode, inference mode, deep
 supervision off, as nnU-Net predicts; the median of --steps timed passes after one untimed single-slice pass and
---warmup untimed full passes), and peak memory. It prints a table and, per size, the ratios to PlainConvUNet.
+--warmup untimed full passes), and peak memory. It prints a table and, per size, the ratios to PlainConvUNet. A network runs on the input nnU-Net would
+give it for such slices: PlainConvUNet on its planned patch (the slice size rounded up to a multiple of its total
+stride, e.g. 384² for 352² slices), RccSegmentor on the slice itself.
 
 Networks:
   PlainConvUNet        nnU-Net's default 2D U-Net planned for slices of that size: from --plans/--configuration,
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import statistics
 import subprocess
@@ -43,39 +46,48 @@ MODELS = ("PlainConvUNet", "RccSegmentor", "RccSegmentorLight")
 SEED_CLAIMED_FPS = 136
 
 
-def default_plain_conv_unet(size: int, channels: int, classes: int) -> nn.Module:
-    """nnU-Net's default 2D PlainConvUNet for ``size``×``size`` slices at spacing 1."""
+def default_plain_conv_unet(size: int, channels: int, classes: int) -> tuple[nn.Module, int]:
+    """nnU-Net's default 2D PlainConvUNet for ``size``×``size`` slices at spacing 1, and its patch edge (``size``
+    rounded up to a multiple of the U-Net's total stride, as the planner does: 352 -> 384)."""
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
     from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
 
-    _, pool_kernels, conv_kernels, _, _ = get_pool_and_conv_props([1.0, 1.0], [size, size], 4, 999999)
+    _, pool_kernels, conv_kernels, patch, _ = get_pool_and_conv_props([1.0, 1.0], [size, size], 4, 999999)
     stages = len(pool_kernels)
-    return PlainConvUNet(
+    network = PlainConvUNet(
         input_channels=channels, n_stages=stages, features_per_stage=[min(512, 32 * 2 ** i) for i in range(stages)],
         conv_op=nn.Conv2d, kernel_sizes=conv_kernels, strides=pool_kernels, n_conv_per_stage=[2] * stages,
         num_classes=classes, n_conv_per_stage_decoder=[2] * (stages - 1), conv_bias=True,
         norm_op=nn.InstanceNorm2d, norm_op_kwargs={"eps": 1e-5, "affine": True}, dropout_op=None,
         dropout_op_kwargs=None, nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False)
+    return network, int(patch[0])
 
 
-def planned_plain_conv_unet(plans: str, configuration: str, channels: int, classes: int) -> nn.Module:
-    """The network of ``configuration`` in a plans.json, built as nnU-Net builds it for prediction."""
+def planned_plain_conv_unet(plans: str, configuration: str, size: int, channels: int,
+                            classes: int) -> tuple[nn.Module, int]:
+    """The network of ``configuration`` in a plans.json, built as nnU-Net builds it for prediction, and the patch
+    edge for ``size`` (rounded up to a multiple of the U-Net's total stride)."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     config = PlansManager(plans).get_configuration(configuration)
-    return get_network_from_plans(config.network_arch_class_name, config.network_arch_init_kwargs,
-                                  config.network_arch_init_kwargs_req_import, channels, classes,
-                                  deep_supervision=False)
+    network = get_network_from_plans(config.network_arch_class_name, config.network_arch_init_kwargs,
+                                     config.network_arch_init_kwargs_req_import, channels, classes,
+                                     deep_supervision=False)
+    total_stride = math.prod(max(s) if isinstance(s, (list, tuple)) else s
+                             for s in config.network_arch_init_kwargs["strides"])
+    return network, math.ceil(size / total_stride) * total_stride
 
 
-def build(model: str, size: int, args: argparse.Namespace) -> nn.Module:
+def build(model: str, size: int, args: argparse.Namespace) -> tuple[nn.Module, int]:
+    """The network and the edge of the square input it runs on for slices of ``size``."""
     if model == "PlainConvUNet":
         if args.plans:
-            return planned_plain_conv_unet(args.plans, args.configuration, args.channels, args.classes)
+            return planned_plain_conv_unet(args.plans, args.configuration, size, args.channels, args.classes)
         return default_plain_conv_unet(size, args.channels, args.classes)
     from nnunet_ext import architectures
-    return getattr(architectures, model)(args.channels, args.classes, deep_supervision=False)
+    # RccSegmentor pads to multiples of 32 itself (352 and 512 are)
+    return getattr(architectures, model)(args.channels, args.classes, deep_supervision=False), size
 
 
 def measure(model: str, size: int, args: argparse.Namespace) -> dict:
@@ -84,8 +96,9 @@ def measure(model: str, size: int, args: argparse.Namespace) -> dict:
 
     torch.manual_seed(0)
     device = torch.device(args.device)
-    network = build(model, size, args).to(device).eval()
-    x = torch.randn(args.batch, args.channels, size, size, device=device)
+    network, patch = build(model, size, args)
+    network = network.to(device).eval()
+    x = torch.randn(args.batch, args.channels, patch, patch, device=device)
     autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
 
     def forward(batch: torch.Tensor) -> None:
@@ -114,9 +127,9 @@ def measure(model: str, size: int, args: argparse.Namespace) -> dict:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
     parameters = count_parameters(network)
     with torch.device("meta"):
-        meta_network = build(model, size, args)
-    macs = count_macs(meta_network, (1, args.channels, size, size))
-    return {"model": model, "size": size, "params": parameters, "macs": macs,
+        meta_network, _ = build(model, size, args)
+    macs = count_macs(meta_network, (1, args.channels, patch, patch))
+    return {"model": model, "size": size, "patch": patch, "params": parameters, "macs": macs,
             "slices_per_s": args.batch / statistics.median(times), "peak_bytes": peak}
 
 
@@ -132,11 +145,11 @@ def print_report(rows: list[dict], args: argparse.Namespace) -> None:
     mode = f"{torch.get_num_threads()} threads" if args.device == "cpu" else "fp16 autocast"
     print(f"device {args.device}, {mode}; forward passes at batch {args.batch}, {args.channels} channel(s), "
           f"{args.classes} classes; median of {args.steps} pass(es) after {args.warmup} warm-up; MACs per slice")
-    header = f"{'network':<19} {'slice':<8} {'params':>12} {'GMAC':>8} {'slices/s':>9} {'peak MiB':>9}"
+    header = f"{'network':<19} {'slice':<6} {'input':<6} {'params':>12} {'GMAC':>8} {'slices/s':>9} {'peak MiB':>9}"
     print(header)
     print("-" * len(header))
     for row in rows:
-        print(f"{row['model']:<19} {row['size']}²{'':<4} {row['params']:>12,} {row['macs'] / 1e9:>8.2f} "
+        print(f"{row['model']:<19} {str(row['size']) + '²':<6} {str(row['patch']) + '²':<6} {row['params']:>12,} {row['macs'] / 1e9:>8.2f} "
               f"{row['slices_per_s']:>9.2f} {row['peak_bytes'] / 2 ** 20:>9.0f}")
     print("\nratios to PlainConvUNet at the same slice size (speed: higher is faster; MACs, memory: lower is cheaper):")
     for size in args.sizes:

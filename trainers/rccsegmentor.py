@@ -10,7 +10,8 @@ nnU-Net's augmentation and sliding-window inference) and change only:
     4/7, 2/7, 1/7 without switching the coarsest off, so that its head always has a gradient (DDP);
   * optionally, ImageNet weights for the PVTv2 encoder from a local file, named by the class attribute
     ``pretrained_weights`` or the environment variable ``NNUNET_EXT_PVT_V2_WEIGHTS`` (the attribute wins).
-    They are loaded when a training starts from scratch; ``--c``, ``--val`` and prediction never read them. Nothing is downloaded; without either, the encoder starts random, the original's default.
+    They are loaded when a training starts from scratch; ``--c``, ``--val`` and prediction never read them.
+    Nothing is downloaded; without either, the encoder starts random, the original's default.
 """
 from __future__ import annotations
 
