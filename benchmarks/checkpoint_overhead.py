@@ -1,6 +1,6 @@
 """What checkpoint_latest.pth every epoch costs: time per epoch with it and with nnU-Net's default (every 50).
 
-Usage: python benchmarks/checkpoint_overhead.py [--epochs 4] [--iterations 10] [--device cpu|cuda] [--shape 32 64 64]
+Usage: python benchmarks/checkpoint_overhead.py [--epochs 4] [--iterations 5] [--device cpu|cuda] [--shape 32 64 64]
 
 One run: a synthetic 3D dataset in a temporary folder, planned with nnU-Net's default planner (3d_fullres), then
 ``nnUNetTrainerPreemptible`` (nnU-Net's default network and recipe) trained twice in this process, the same number
@@ -60,10 +60,10 @@ def _seconds_per_epoch(trainer) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=5, help="epochs per run (>= 3)")
-    parser.add_argument("--iterations", type=int, default=10, help="training iterations per epoch")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per run (>= 3)")
+    parser.add_argument("--iterations", type=int, default=5, help="training iterations per epoch")
     parser.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
-    parser.add_argument("--shape", type=int, nargs=3, default=[32, 96, 96], help="synthetic image size (z y x)")
+    parser.add_argument("--shape", type=int, nargs=3, default=[32, 64, 64], help="synthetic image size (z y x)")
     args = parser.parse_args()
     if args.epochs < 3:
         parser.error("--epochs must be at least 3 (the first and last epochs are not timed)")

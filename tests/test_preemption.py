@@ -269,3 +269,13 @@ def test_sigkill_during_saves_never_leaves_a_broken_checkpoint(tmp_path):
     assert sum(mid_write for mid_write, _ in outcomes) >= 1, outcomes
     save_atomically({"step": 0}, str(path))  # a leftover .partial is simply overwritten and renamed
     assert torch.load(path)["step"] == 0 and not Path(str(path) + PARTIAL_SUFFIX).exists()
+
+
+def test_list_shows_the_preemptible_default_trainer_with_plainconvunet():
+    from nnunet_ext.catalog import describe, listed_trainers
+    from nnunet_ext.trainers import nnUNetTrainerPreemptible
+
+    assert nnUNetTrainerPreemptible in listed_trainers()
+    row = describe(nnUNetTrainerPreemptible)
+    assert (row.network, row.dims, row.variants) == ("PlainConvUNet", "2D/3D", "_Smoke")
+    assert row.parameters > 1_000_000

@@ -363,7 +363,7 @@ class PreemptionSafeMixin:
         skipped = []
         for candidate in candidates:
             try:
-                checkpoint = torch.load(candidate, map_location=self.device, weights_only=False)
+                checkpoint = torch.load(candidate, map_location="cpu", weights_only=False)
                 missing = [k for k in _CHECKPOINT_KEYS if k not in checkpoint]
                 if missing:
                     raise KeyError(f"no {', '.join(missing)} in it")
