@@ -27,18 +27,18 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 
 
 def _cmd_list(args: argparse.Namespace) -> None:
-    from nnunet_ext.catalog import describe
-    from nnunet_ext.trainers import TRAINERS
+    from nnunet_ext.catalog import describe, listed_trainers
 
-    rows = [describe(t) for t in TRAINERS]
-    header = ("trainer", "network", "dim", "configurations", "parameters", "short variants")
-    table = [header] + [(r.name, r.network, r.dims, r.configurations, f"{r.parameters:,}", r.variants) for r in rows]
+    rows = [describe(t) for t in listed_trainers()]  # nnunet-ext's, then those of plug-in packages
+    header = ("trainer", "package", "network", "dim", "configurations", "parameters", "short variants")
+    table = [header] + [(r.name, r.package, r.network, r.dims, r.configurations,
+                         "-" if r.parameters is None else f"{r.parameters:,}", r.variants) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     print("\nParameters at 1 input channel and 3 outputs, deep supervision heads included.")
     if discovery.is_active():
-        print(f"Discovery: active. The stock nnUNetv2_* commands find these trainers "
+        print(f"Discovery: active. The stock nnUNetv2_* commands find these trainers, plug-ins' included "
               f"(nnUNet_extTrainer lists {discovery.TRAINER_LOOKUP_DIR}).")
     else:
         print("Discovery: INACTIVE in this environment (was Python started with -S, or the package not installed "
@@ -109,6 +109,25 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-p", dest="plans", default="nnUNetPlans")
     check.add_argument("-i", dest="input", default=None, help="an input folder for nnUNetv2_predict")
     check.set_defaults(func=_cmd_check)
+
+    from nnunet_ext import benchmarking, crossval
+
+    crossval.configure_parser(sub.add_parser(
+        "cv", help="run the cross-validation folds of several trainers with nnUNetv2_train (finished folds "
+                   "skipped, interrupted ones resumed; one fold per GPU with --gpus; --emit-slurm)"))
+    benchmarking.configure_parser(sub.add_parser(
+        "benchmark", help="compare trainers' cross-validation results: Dice, HD95, NSD, cost, Wilcoxon tests; "
+                          "writes benchmark.md/.csv/.png (--ensemble: nnU-Net's find_best_configuration)"))
+
+    from nnunet_ext import detection_cli
+
+    detect = sub.add_parser("detect", help="RCC detection: DICOM or images -> kidney and tumour segmentation with "
+                                           "a trained model, per-side verdict, report.json, key-slice PNGs")
+    detection_cli.add_detect_arguments(detect)
+    detect.set_defaults(func=detection_cli.run_detect)
+    dicom2nifti = sub.add_parser("dicom2nifti", help="convert DICOM series (one folder per case) to NIfTI")
+    detection_cli.add_dicom2nifti_arguments(dicom2nifti)
+    dicom2nifti.set_defaults(func=detection_cli.run_dicom2nifti)
 
     listing = sub.add_parser("list", help="the trainers, their networks and whether nnU-Net can see them")
     listing.set_defaults(func=_cmd_list)
