@@ -18,7 +18,8 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 
     folder = make_synthetic_dataset(args.dataset_id, dim=args.dim, num_cases=args.cases,
                                     num_test_cases=args.test_cases, channels=args.channels, regions=args.regions,
-                                    overwrite=args.overwrite, seed=args.seed)
+                                    overwrite=args.overwrite, seed=args.seed,
+                                    shape=tuple(args.shape) if args.shape else None)
     # after --overwrite an old fingerprint in nnUNet_preprocessed would be reused without --clean
     print(f"Wrote {folder}\nNext: nnUNetv2_plan_and_preprocess -d {args.dataset_id} "
           f"-c {'3d_fullres' if args.dim == 3 else '2d'}{' --clean' if args.overwrite else ''}")
@@ -84,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--test-cases", type=int, default=2, help="held-out cases in imagesTs/labelsTs")
     synth.add_argument("--channels", type=int, default=1, help="1 = CT-like, more = MRI-like sequences")
     synth.add_argument("--regions", action="store_true", help="region labels (organ incl. tumour, tumour)")
+    synth.add_argument("--shape", type=int, nargs="+", default=None,
+                       help="image size, z y x for 3D or y x for 2D, >= 16 per axis (default 32 64 64 / 96 96)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this id")
     synth.set_defaults(func=_cmd_synth)
