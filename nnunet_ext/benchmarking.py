@@ -37,7 +37,6 @@ import math
 import os
 import re
 import subprocess
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -113,7 +112,8 @@ class Model:
 
 
 def _fold_names(folder: Path) -> list[str]:
-    names = [p.name.removeprefix("fold_") for p in folder.glob("fold_*") if (p / "validation" / "summary.json").is_file()]
+    names = [p.name.removeprefix("fold_") for p in folder.glob("fold_*")
+             if (p / "validation" / "summary.json").is_file()]
     return sorted(names, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))
 
 
@@ -528,7 +528,8 @@ def markdown(dataset_name: str, names: dict[str, str], summaries: list[ModelSumm
              f"Plans {summaries[0].model.plans}. Mean ± standard deviation over the validation cases of all folds "
              f"found. Dice from nnU-Net's summary.json; HD95 in mm; NSD at a tolerance of {tolerance_mm:g} mm; "
              f"'mean' is the per-case mean over the foreground labels/regions.", ""]
-    for metric, header, digits in (("dice", "Dice", 3), ("hd95", "HD95 (mm)", 2), ("nsd", f"NSD @ {tolerance_mm:g} mm", 3)):
+    tables = (("dice", "Dice", 3), ("hd95", "HD95 (mm)", 2), ("nsd", f"NSD @ {tolerance_mm:g} mm", 3))
+    for metric, header, digits in tables:
         lines += [f"## {header}", "", "| trainer | configuration | folds | cases | "
                   + " | ".join(title[label] for label in labels) + " |",
                   "|---|---|---|---|" + "---|" * len(labels)]

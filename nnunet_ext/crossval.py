@@ -212,9 +212,10 @@ class _Runner:
             with self.lock:
                 self.processes.discard(process)
         seconds = time.monotonic() - start
-        status = {0: "done", EXIT_INTERRUPTED: "interrupted (exit 75): run the same command again to resume"}.get(
-            returncode, f"FAILED (exit {returncode}); full output in {job.folder / 'nnunet_ext_cv_console.txt'}")
-        self.say(f"{position} {job.tag}: {status} after {seconds:.0f} s")
+        status = {0: "", EXIT_INTERRUPTED: " (exit 75): run the same command again to resume"}.get(
+            returncode, f"; full output in {job.folder / 'nnunet_ext_cv_console.txt'}")
+        outcome = {0: "done", EXIT_INTERRUPTED: "interrupted"}.get(returncode, f"FAILED (exit {returncode})")
+        self.say(f"{position} {job.tag}: {outcome} after {seconds:.0f} s{status}")
         with self.lock:
             self.outcomes.append((job, returncode, seconds))
         return returncode
