@@ -18,7 +18,9 @@ Differences, all documented where they occur:
   * the deformable convolution samples all taps with one ``grid_sample`` (zero outside the volume) instead of
     gathering 8 neighbours per tap (clamped/snapped at the border);
   * with deep supervision the heads keep their native resolutions (nnU-Net downsamples the targets) instead of
-    being upsampled to the input size.
+    being upsampled to the input size;
+  * the attention gates' ψ convolution has a bias (``blocks.AttentionGate``), 3 parameters the original lacks; the
+    BatchNorm right after it makes the bias irrelevant.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ class DWConvNorm(nn.Module):
     Args:
         in_channels, out_channels: C_in, C_out.
         stride: stride of the depthwise convolution.
+        kernel_size: k (3 in S2CA-Net), 'same' padding.
 
     Shapes:
         (B, C_in, D, H, W) → (B, C_out, ceil(D/s), ceil(H/s), ceil(W/s)).
