@@ -20,8 +20,8 @@ input); CPU, the growth of the subprocess' peak RSS over the same span. On CUDA 
 as nnU-Net predicts; the seed repository claims 136 FPS for RccSegmentor (GPU not stated).
 
 Usage (needs nnunet-ext installed, or its source on PYTHONPATH):
-  python benchmarks/rccsegmentor_vs_plainconvunet.py      # CPU, 352² and 512², batch 16, 1 pass each: ~12 min on
-                                                          # 2 idle cores (the published FEM is 90 % of it)
+  python benchmarks/rccsegmentor_vs_plainconvunet.py      # CPU, 352² and 512², batch 16, 1 pass each: 21 min on
+                                                          # 2 busy cores, most of it the published FEM
   python benchmarks/rccsegmentor_vs_plainconvunet.py --device cuda                   # 20 passes after 5 warm-up
   python benchmarks/rccsegmentor_vs_plainconvunet.py --models PlainConvUNet RccSegmentorLight --sizes 512
   python benchmarks/rccsegmentor_vs_plainconvunet.py --plans nnUNet_preprocessed/DatasetX/nnUNetPlans.json \\
