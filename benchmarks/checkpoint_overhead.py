@@ -59,10 +59,12 @@ def _seconds_per_epoch(trainer) -> float:
 
 
 def main() -> None:
+    import torch  # nnU-Net reads its folders when nnunetv2 is imported, so that import waits for _set_up
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=4, help="epochs per run (>= 3)")
     parser.add_argument("--iterations", type=int, default=5, help="training iterations per epoch")
-    parser.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--shape", type=int, nargs=3, default=[32, 64, 64], help="synthetic image size (z y x)")
     args = parser.parse_args()
     if args.epochs < 3:
@@ -70,8 +72,6 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="nnunet_ext_checkpoint_bench_") as tmp:
         _set_up(Path(tmp), args.shape)
-        import torch
-
         from nnunet_ext.architectures.profiling import count_parameters
 
         torch.set_num_threads(os.cpu_count() or 1)

@@ -208,8 +208,8 @@ def test_ddp_ranks_stop_together_and_rank_0_writes(results_env, tmp_path):
     """SIGTERM to one rank only: the all-reduced stop note stops both at the same iteration."""
     env = {**results_env, "nnUNet_results": str(tmp_path / "results"), "MASTER_PORT": _free_port()}
     harness = Path(__file__).with_name("ddp_cpu_harness.py")
-    process = subprocess.Popen([sys.executable, str(harness), str(DATASET_ID), "2d", "0", TRAINER, "2"], env=_training_env(env),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen([sys.executable, str(harness), str(DATASET_ID), "2d", "0", TRAINER, "2"],
+                               env=_training_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     fold = _fold(env)
     _wait_for_log(process, fold, "Epoch 1")
     ranks = [pid for pid in _children(process.pid)
@@ -279,3 +279,18 @@ def test_list_shows_the_preemptible_default_trainer_with_plainconvunet():
     row = describe(nnUNetTrainerPreemptible)
     assert (row.network, row.dims, row.variants) == ("PlainConvUNet", "2D/3D", "_Smoke")
     assert row.parameters > 1_000_000
+
+
+def test_bad_settings_name_the_environment_variable(monkeypatch):
+    from nnunet_ext.trainers.base import _env_number, _stop_signal_numbers
+
+    monkeypatch.setenv("NNUNET_EXT_CHECKPOINT_EVERY", "often")
+    with pytest.raises(ValueError, match="NNUNET_EXT_CHECKPOINT_EVERY='often'.*whole number"):
+        _env_number("NNUNET_EXT_CHECKPOINT_EVERY", 1, int)
+    monkeypatch.setenv("NNUNET_EXT_STOP_SIGNALS", "usr2, SIGNOPE")
+    with pytest.raises(ValueError, match="'SIGNOPE' is not a signal"):
+        _stop_signal_numbers(("SIGTERM",))
+    monkeypatch.setenv("NNUNET_EXT_STOP_SIGNALS", "usr2,SIGTERM")
+    assert _stop_signal_numbers(("SIGTERM",)) == (signal.SIGUSR2, signal.SIGTERM)
+    monkeypatch.setenv("NNUNET_EXT_STOP_SIGNALS", "none")
+    assert _stop_signal_numbers(("SIGTERM",)) == ()

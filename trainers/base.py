@@ -122,7 +122,8 @@ def _env_number(name: str, default: float, kind: type) -> float:
     except ValueError:
         number = -1
     if number < 0:
-        raise ValueError(f"{name}={value!r} is not a valid setting: expected a {kind.__name__} >= 0 "
+        expected = "a whole number" if kind is int else "a number"
+        raise ValueError(f"{name}={value!r} is not a valid setting: expected {expected} >= 0 "
                          f"(unset it to use the trainer's default, {default}).")
     return number
 
@@ -165,7 +166,7 @@ class _StopCheckingLoader:
     """A training or validation loader that checks for a stop request before handing out each batch, so the
     loop stops between two iterations. ``loader`` is nnU-Net's augmenter, kept for its shutdown."""
 
-    def __init__(self, loader, trainer: "PreemptionSafeMixin"):
+    def __init__(self, loader, trainer: PreemptionSafeMixin):
         self.loader = loader
         self.trainer = trainer
 
@@ -203,11 +204,15 @@ class PreemptionSafeMixin:
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        # settings first: a bad environment variable fails before nnU-Net creates the output folder
+        every = max(1, int(_env_number(CHECKPOINT_EVERY_ENV, self.checkpoint_every_epochs, int)))
+        minutes = _env_number(CHECKPOINT_MINUTES_ENV, self.checkpoint_every_minutes, float)
+        stop_signals = _stop_signal_numbers(self.stop_signals)
         self._continue_requested = bool(plans.get("continue_training", False))
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.save_every = max(1, int(_env_number(CHECKPOINT_EVERY_ENV, self.checkpoint_every_epochs, int)))
-        self._checkpoint_seconds = 60 * _env_number(CHECKPOINT_MINUTES_ENV, self.checkpoint_every_minutes, float)
-        self._stop_signals = _stop_signal_numbers(self.stop_signals)
+        self.save_every = every
+        self._checkpoint_seconds = 60 * minutes
+        self._stop_signals = stop_signals
         self._received_signal: int | None = None
         self._resumed_from: str | None = None
         self._last_latest_checkpoint = time.monotonic()
