@@ -122,12 +122,13 @@ def measure(model: str, args: argparse.Namespace) -> dict:
             torch.cuda.reset_peak_memory_stats()
         else:
             base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        times = []
+        times, cpu_times = [], []
         for i in range(args.warmup + args.steps):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             step()
             if i >= args.warmup:
                 times.append(time.perf_counter() - start)
+                cpu_times.append(time.process_time() - cpu_start)
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated() - base
         else:

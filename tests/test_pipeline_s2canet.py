@@ -147,4 +147,4 @@ def test_resume_with_c(nnunet_env, brats_like_dataset):
                 {**nnunet_env, "nnUNet_n_proc_DA": "0"})
     fold = _results_folder(nnunet_env, brats_like_dataset) / "fold_all"
     summary = json.loads((fold / "validation" / "summary.json").read_text())
-    assert set(summary["mean"]) == {"(1, 2)", "2"}  # evaluated per region
+    assert set(summary["mean"]) == {"(1, 2)", "(2,)"}  # evaluated per region
