@@ -128,7 +128,7 @@ class MetaFormerBlock2D(nn.Module):
 
 
 class MetaFormer2D(nn.Module):
-    """Plane MetaFormer of the tri-planar blocks: 1×1 conv C→E (bias), L blocks, GroupNorm(1), 1×1 conv E→C (bias).
+    """Plane MetaFormer of the tri-planar blocks: 1×1 conv C→E, L blocks, GroupNorm(1), 1×1 conv E→C (with biases).
 
     Args:
         channels: C.
@@ -176,7 +176,7 @@ class TriPlanarFormer(nn.Module):
 
     For each spatial axis a, the volume is seen as a 2D image of the other two axes with axis a folded into the
     channels (C·S_a); a 1×1 conv C·S_a → C (bias) reads it, the shared ``MetaFormer2D`` processes it, a 1×1 conv
-    C → C·S_a (bias) writes it back. The three results are concatenated (3C) and fused by a 1×1×1 conv → C' (bias).
+    C → C·S_a (bias) writes it back. The three results are concatenated (3C) and fused by a 1×1×1 conv → C'.
 
     The fold convolutions depend on the spatial size. For a cubic size S (the original: 32³ and 16³ at the 128³
     patch) one fold pair is shared by the three planes, as in the original, and the planes run as one batch.
@@ -394,9 +394,9 @@ class MultiLevelContextAggregator(nn.Module):
 class MultiScaleAttentiveDeformableConv(nn.Module):
     """MS-ADC on the skips: levels 0-2 meet at level 1, pass SE and an attentive deformable conv, and return.
 
-    s = concat(conv k3 s2 (x0), x1, transposed conv k2 s2 (x2)) → SE(3·C1) → AttentiveDeformableConv(3·C1 → 3·C1,
-    3·C1 / reduction sampled channels) = t; x0 + transposed conv k2 s2 (t), x1 + 1×1×1 conv (t), x2 + conv k2 s2 (t)
-    (all with bias).
+    s = concat(conv k3 s2 (x0), x1, transposed conv k2 s2 (x2)) → SE(3·C1) → AttentiveDeformableConv(3·C1 →
+    3·C1, 3·C1 / reduction sampled channels) = t; x0 + transposed conv k2 s2 (t), x1 + 1×1×1 conv (t),
+    x2 + conv k2 s2 (t) (all with bias).
 
     Args:
         channels: (C0, C1, C2) of encoder levels 0-2.
@@ -545,10 +545,11 @@ class S2CANet(nn.Module):
 
     Measured at the original configuration (4 channels, 4 outputs, 128³; the original measures 21,477,799
     parameters of which 32,787 are never used, and 86.27 GMAC):
-        21,445,012 parameters (= 21,477,799 - 32,787); 86.27 GMAC (torch.utils.flop_counter, as
-        ``profiling.count_macs`` counts it, the deformable sampling not counted).
+        21,445,015 parameters (the 21,445,012 the original uses, plus the 3 ψ biases of the attention gates);
+        86.23 GMAC (-0.05 %; torch.utils.flop_counter as ``profiling.count_macs`` counts it, the deformable sampling
+        not counted), measured on the meta device (shapes only) in seconds:
         python -c "import torch; from nnunet_ext.architectures import S2CANet as N;
-        from nnunet_ext.architectures.profiling import count_macs, count_parameters;
+        from nnunet_ext.architectures.profiling import count_macs, count_parameters; torch.set_default_device('meta');
         n = N(4, 4); print(count_parameters(n), count_macs(n, (1, 4, 128, 128, 128)))"
     """
 
