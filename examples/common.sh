@@ -68,9 +68,10 @@ make_synthetic_dataset() {
 # plan -> cross-validation of ours and nnU-Net's default -> comparison and ensembling -> test-set prediction
 run_pipeline() {
     local test_images="$1"
-    local clean=()
-    ((SYNTHETIC)) && clean=(--clean)  # synthetic data is rewritten on every run: never reuse its old fingerprint
-    run nnUNetv2_plan_and_preprocess -d "$DATASET_ID" -c "$CONFIGURATION" --verify_dataset_integrity "${clean[@]}"
+    local planning=(--verify_dataset_integrity)
+    # synthetic data is valid by construction and rewritten on every run: never reuse its old fingerprint
+    ((SYNTHETIC)) && planning=(--clean)
+    run nnUNetv2_plan_and_preprocess -d "$DATASET_ID" -c "$CONFIGURATION" "${planning[@]}"
     run nnunet-ext cv -d "$DATASET_ID" -c "$CONFIGURATION" -tr "$BASELINE" "$TRAINER" --folds "${FOLDS[@]}"
     run nnunet-ext benchmark -d "$DATASET_ID" -c "$CONFIGURATION" -tr "$BASELINE" "$TRAINER" \
         --reference "$BASELINE" --folds "${FOLDS[@]}" -o "$OUT_DIR/benchmark" --ensemble

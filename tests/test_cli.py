@@ -34,14 +34,27 @@ def test_unknown_trainer_lists_the_available_ones(tmp_path):
     assert not (tmp_path / "demo").exists()
 
 
+def test_demo_trains_every_3d_trainer_of_ours_and_the_baseline_last():
+    from nnunet_ext.demo import _demo_trainers
+    from nnunet_ext.trainers import TRAINERS
+
+    trainers = _demo_trainers(None, baseline=True, quick=False)
+    assert trainers[-1] == ("nnUNetTrainer", "nnUNetTrainer_Demo")
+    ours = {name for name, _ in trainers[:-1]}
+    assert {"nnUNetTrainerSegFormer3DVariant", "nnUNetTrainerS2CANet"} <= ours
+    assert not ours & {"nnUNetTrainerRccSegmentor", "nnUNetTrainerRECUNet"}, "2D-only networks cannot run 3d_fullres"
+    assert ours <= {t.__name__ for t in TRAINERS}
+    assert _demo_trainers(["nnUNetTrainerS2CANet"], baseline=False, quick=True) == [
+        ("nnUNetTrainerS2CANet", "nnUNetTrainerS2CANet_Smoke")]
+
+
 def test_quick_demo_runs_the_pipeline_and_writes_the_table(tmp_path):
     workdir = tmp_path / "demo"
-    # one of our trainers is enough to test the demo's pipeline; the default trains every 3D one
-    out = run_command(["nnunet-ext", "demo", "--quick", "--baseline", "--trainers", "nnUNetTrainerSegFormer3DVariant",
+    # one trainer is enough to test the demo's pipeline (the default trains every 3D one, --baseline adds one more)
+    out = run_command(["nnunet-ext", "demo", "--quick", "--trainers", "nnUNetTrainerSegFormer3DVariant",
                        "--workdir", str(workdir)], scrubbed_environment()).stdout
     table = (workdir / "demo_results.md").read_text()
-    for trainer in ("nnUNetTrainerSegFormer3DVariant", "nnUNetTrainer "):
-        assert f"| {trainer.strip()} |" in table
+    assert "| nnUNetTrainerSegFormer3DVariant |" in table
     assert "Dice organ" in table and "Dice tumour" in table
     assert "[1/" in out  # progress is printed while it runs
     assert len(list((workdir / "predictions" / "nnUNetTrainerSegFormer3DVariant_Smoke").glob("*.nii.gz"))) == 2
