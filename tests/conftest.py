@@ -26,8 +26,8 @@ def _group(nodeid: str) -> str:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: LONGEST_GROUPS.index(_group(item.nodeid)) if _group(item.nodeid) in LONGEST_GROUPS
-               else len(LONGEST_GROUPS))
+    start_order = {group: rank for rank, group in enumerate(LONGEST_GROUPS)}
+    items.sort(key=lambda item: start_order.get(_group(item.nodeid), len(LONGEST_GROUPS)))
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -48,6 +48,15 @@ def test_demo_trains_every_3d_trainer_of_ours_and_the_baseline_last():
         ("nnUNetTrainerS2CANet", "nnUNetTrainerS2CANet_Smoke")]
 
 
+def test_demo_table_has_a_row_per_trainer_baseline_included():
+    from nnunet_ext.demo import DemoResult, format_table
+
+    table = format_table([DemoResult("nnUNetTrainerSegFormer3DVariant", {"organ": 0.9, "tumour": 0.8}, 172.0, 4769488),
+                          DemoResult("nnUNetTrainer", {"organ": 0.85, "tumour": 0.7}, 500.0, 30459119)], quick=False)
+    assert "| nnUNetTrainerSegFormer3DVariant | 0.900 | 0.800 | 172 | 4,769,488 |" in table
+    assert "| nnUNetTrainer | 0.850 | 0.700 | 500 | 30,459,119 |" in table
+
+
 def test_quick_demo_runs_the_pipeline_and_writes_the_table(tmp_path):
     workdir = tmp_path / "demo"
     # one trainer is enough to test the demo's pipeline (the default trains every 3D one, --baseline adds one more)
