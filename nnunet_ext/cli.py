@@ -30,8 +30,8 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 def _cmd_list(args: argparse.Namespace) -> None:
     from nnunet_ext.catalog import describe, listed_trainers
 
-    rows = [describe(t) for t in listed_trainers()]  # nnunet-ext's, then those of plug-in packages
-    header = ("trainer", "package", "network", "dim", "configurations", "parameters", "short variants")
+    rows = [describe(t) for t in listed_trainers()]  # nnunet-ext's, plug-in packages', nnUNet_extTrainer folders'
+    header = ("trainer", "source", "network", "dim", "configurations", "parameters", "short variants")
     table = [header] + [(r.name, r.package, r.network, r.dims, r.configurations,
                          "-" if r.parameters is None else f"{r.parameters:,}", r.variants) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]

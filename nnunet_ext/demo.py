@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnunet_ext.architectures.profiling import count_parameters
-from nnunet_ext.catalog import UnknownTrainerError, supported_configurations
+from nnunet_ext.catalog import UnknownTrainerError, resolve_trainer, supported_configurations
 from nnunet_ext.checks import NNUNET_PATH_VARIABLES
 from nnunet_ext.synthetic import find_dataset_folder, make_synthetic_dataset
 
@@ -75,16 +75,26 @@ def _run(command: list[str], env: dict[str, str], log_file: Path) -> None:
 
 
 def _demo_trainers(names: list[str] | None, baseline: bool, quick: bool) -> list[tuple[str, str]]:
-    """(full-length name, short variant actually trained) per trainer; the default is every 3D one of ours."""
+    """(full-length name, short variant actually trained) per trainer; the default is every 3D one of ours.
+
+    A named trainer resolves as ``nnUNetv2_train`` resolves it (``catalog.resolve_trainer``: a user's own trainer
+    in an ``nnUNet_extTrainer`` folder too), and must have the short variant ``<name>_Demo`` (``_Smoke`` with
+    ``--quick``), so that every trainer of the table gets the same step budget."""
     from nnunet_ext.trainers import TRAINERS
 
-    ours = [t.__name__ for t in TRAINERS if CONFIGURATION in supported_configurations(t)]
-    unknown = [n for n in names or [] if n not in ours]
-    if unknown:
-        raise UnknownTrainerError(f"Unknown trainer {', '.join(repr(n) for n in unknown)} for the demo "
-                                  f"({CONFIGURATION}). It can train: {', '.join(ours)} (and nnU-Net's default "
-                                  f"with --baseline).")
     suffix = "_Smoke" if quick else "_Demo"
+    ours = [t.__name__ for t in TRAINERS if CONFIGURATION in supported_configurations(t)]
+    for name in names or []:
+        if CONFIGURATION not in supported_configurations(resolve_trainer(name)):
+            raise ValueError(f"The demo trains {CONFIGURATION}, which {name} cannot train (it is 2D-only). "
+                             f"The 3D trainers of nnunet-ext: {', '.join(ours)}.")
+        try:
+            resolve_trainer(name + suffix)
+        except UnknownTrainerError:
+            raise UnknownTrainerError(f"{name} has no short variant {name + suffix}, which the demo trains so that "
+                                      f"every trainer gets the same step budget: define it beside {name} (as "
+                                      f"nnunet_ext.trainers.base.DemoRunMixin does), or pick one of "
+                                      f"{', '.join(ours)}.") from None
     return [(name, name + suffix) for name in [*(names or ours), *(["nnUNetTrainer"] if baseline else [])]]
 
 

@@ -20,7 +20,8 @@ ENV_VAR = "nnUNet_extTrainer"
 TRAINER_LOOKUP_DIR = Path(__file__).resolve().parent / "trainer_lookup"
 
 
-def _entries(value: str | None) -> list[str]:
+def entries(value: str | None) -> list[str]:
+    """The folders listed in a value of ``nnUNet_extTrainer`` (split on ``os.pathsep``, blanks dropped)."""
     return [p for p in (value or "").split(os.pathsep) if p.strip()]
 
 
@@ -28,7 +29,7 @@ def is_active(environ: "os._Environ[str] | dict[str, str] | None" = None) -> boo
     """Whether ``nnUNet_extTrainer`` in ``environ`` (default: this process) lists our trainer folder."""
     environ = os.environ if environ is None else environ
     ours = os.path.realpath(TRAINER_LOOKUP_DIR)
-    return any(os.path.realpath(p) == ours for p in _entries(environ.get(ENV_VAR)))
+    return any(os.path.realpath(p) == ours for p in entries(environ.get(ENV_VAR)))
 
 
 def activate() -> None:
@@ -36,7 +37,7 @@ def activate() -> None:
     at every interpreter start-up, where an exception would be printed by every Python command."""
     try:
         if not is_active():
-            os.environ[ENV_VAR] = os.pathsep.join([*_entries(os.environ.get(ENV_VAR)), str(TRAINER_LOOKUP_DIR)])
+            os.environ[ENV_VAR] = os.pathsep.join([*entries(os.environ.get(ENV_VAR)), str(TRAINER_LOOKUP_DIR)])
     except Exception:  # noqa: BLE001 - start-up hook; `nnunet-ext list` reports discovery as inactive instead
         pass
 

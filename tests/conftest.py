@@ -15,7 +15,8 @@ BIN_DIR = str(Path(sys.executable).parent)
 PIPELINE_DATASET_ID = 991
 PIPELINE_SHAPE = (24, 48, 48)
 # Test modules that share a session fixture: one worker runs them all, so that it is built once.
-SHARED_WORKER = {"test_crossval": "cv_training", "test_benchmarking": "cv_training"}
+SHARED_WORKER = {"test_crossval": "cv_training", "test_benchmarking": "cv_training",
+                 "test_external_trainers": "cv_training"}
 # the longest groups, started first so that the workers finish at about the same time
 LONGEST_GROUPS = ("test_examples", "cv_training")
 
