@@ -10,7 +10,11 @@ import json
 import sys
 from pathlib import Path
 
-from nnunet_ext import discovery
+from nnunet_ext import __version__, discovery
+
+DESCRIPTION = ("Published tumour-segmentation architectures as nnU-Net v2 trainers: what nnU-Net has no command for "
+               "(planning for a network's own memory, cross-validation and benchmarking of several trainers, RCC "
+               "detection, synthetic data, a demo). Training and prediction use nnU-Net's own commands.")
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
@@ -75,7 +79,8 @@ def _cmd_check(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nnunet-ext", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="nnunet-ext", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     synth = sub.add_parser("synth", help="write a synthetic nnU-Net raw dataset (organs with tumours) to $nnUNet_raw")
@@ -113,7 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-i", dest="input", default=None, help="an input folder for nnUNetv2_predict")
     check.set_defaults(func=_cmd_check)
 
-    from nnunet_ext import benchmarking, crossval
+    from nnunet_ext import benchmarking, crossval, planning_cli
+
+    planning_cli.configure_parser(sub.add_parser(
+        "plan", help="nnU-Net's planning with the trainer's own training memory: patch and batch size for a GPU "
+                     "memory target, written as new plans that reuse nnUNetPlans' preprocessed data"))
 
     crossval.configure_parser(sub.add_parser(
         "cv", help="run the cross-validation folds of several trainers with nnUNetv2_train (finished folds "

@@ -17,6 +17,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from nnunet_ext import benchmarking
 from nnunet_ext.architectures.profiling import count_parameters
 from nnunet_ext.catalog import UnknownTrainerError, resolve_trainer, supported_configurations
 from nnunet_ext.checks import NNUNET_PATH_VARIABLES
@@ -118,7 +119,8 @@ def _parameters(results_folder: Path) -> int:
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     # nnU-Net narrates its device choice and trainer lookup; the demo's own progress lines are enough
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(action="ignore"):
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         predictor = nnUNetPredictor(device=torch.device("cpu"), verbose=False)
         predictor.initialize_from_trained_model_folder(str(results_folder), (int(FOLD),))
     return count_parameters(predictor.network)
@@ -183,7 +185,7 @@ def run_demo(workdir: str | os.PathLike = "nnunet_ext_demo", quick: bool = False
                                    str(results_folder / "dataset.json"), str(results_folder / "plans.json"),
                                    str(predictions / "summary.json"), num_processes=1)
         summary = json.loads((predictions / "summary.json").read_text())
-        label_names = _label_names(results_folder / "dataset.json")
+        label_names = benchmarking.label_names(json.loads((results_folder / "dataset.json").read_text()))
         dice = {label_names.get(key, key): metrics["Dice"] for key, metrics in summary["mean"].items()}
         results.append(DemoResult(full_name, dice, _training_seconds(results_folder / f"fold_{FOLD}"),
                                   _parameters(results_folder)))
@@ -193,17 +195,6 @@ def run_demo(workdir: str | os.PathLike = "nnunet_ext_demo", quick: bool = False
     (workdir / "demo_results.md").write_text(table + "\n")
     print(f"\nWritten to {workdir / 'demo_results.md'}; full command output in {log_file}")
     return results
-
-
-def _label_names(dataset_json: Path) -> dict[str, str]:
-    """nnU-Net's summary keys ('1', '(1, 2)') mapped to the dataset's label names."""
-    labels = json.loads(dataset_json.read_text())["labels"]
-    names = {}
-    for name, value in labels.items():
-        key = str(tuple(value)) if isinstance(value, list) and len(value) > 1 else str(
-            value[0] if isinstance(value, list) else value)
-        names[key] = name
-    return names
 
 
 def format_table(results: list[DemoResult], quick: bool) -> str:

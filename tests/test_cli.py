@@ -96,3 +96,19 @@ def test_check_passes_and_names_each_bad_input(nnunet_env, planned_dataset, tmp_
     assert "Dataset '998' not found" in messages["dataset"] and planned_dataset.name in messages["dataset"]
     missing_env = {k: v for k, v in nnunet_env.items() if k != "nnUNet_results"}
     assert "nnUNet_results" in run_command(failures["2d"], missing_env, expect_success=False).stderr
+
+
+def test_label_names_use_the_keys_nnunets_evaluation_writes_for_labels_and_regions():
+    from nnunetv2.evaluation.evaluate_predictions import label_or_region_to_key
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    from nnunet_ext.benchmarking import label_names
+
+    regions = {"labels": {"background": 0, "organ": [1, 2], "tumour": [2]}, "regions_class_order": [1, 2]}
+    labels = {"labels": {"background": 0, "organ": 1, "tumour": 2, "ignore": 3}}
+    for dataset_json in (regions, labels):
+        manager = LabelManager(dataset_json["labels"], dataset_json.get("regions_class_order"))
+        keys = [label_or_region_to_key(r) for r in (manager.foreground_regions if manager.has_regions
+                                                     else manager.foreground_labels)]
+        assert sorted(label_names(dataset_json)) == sorted(keys)
+    assert label_names(regions) == {"(1, 2)": "organ", "(2,)": "tumour"}
