@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -54,7 +55,10 @@ def create_pvt_v2_encoder(variant: str, in_chans: int, drop_path_rate: float) ->
     """
     if variant not in PVT_V2_VARIANTS:
         raise ValueError(f"Unknown PVTv2 variant {variant!r}; choose one of {', '.join(PVT_V2_VARIANTS)}")
-    import timm
+    with warnings.catch_warnings():
+        # timm's HRNet module, imported with every timm model, still declares a torch.jit.interface
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.interface` is deprecated", category=FutureWarning)
+        import timm
 
     return timm.create_model(variant, pretrained=False, features_only=True, in_chans=in_chans,
                              drop_path_rate=drop_path_rate)

@@ -5,7 +5,9 @@ from conftest import run_command, scrubbed_environment
 
 
 def test_list_shows_trainers_and_active_discovery():
-    out = run_command(["nnunet-ext", "list"], scrubbed_environment()).stdout
+    result = run_command(["nnunet-ext", "list"], scrubbed_environment())
+    out = result.stdout
+    assert "Warning" not in result.stderr, result.stderr  # timm's torch.jit deprecation is silenced where we import it
     assert "nnUNetTrainerSegFormer3DVariant" in out and "SegFormer3DVariant" in out
     assert "3d_fullres" in out and "_Smoke" in out
     assert "Discovery: active" in out
