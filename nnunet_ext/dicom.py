@@ -9,12 +9,23 @@ it keeps that geometry too.
 Slices at the same position are dropped (the first file is kept) and reported; gaps and uneven steps between
 positions are reported with the positions, because ITK then assumes the mean step for every slice and anatomy
 beyond the gap is displaced.
+
+Nothing is dropped silently: a file of the folder that looks like DICOM (a DICOM preamble, or a .dcm/.ima name)
+but cannot be read stops the run with its name (``skip_unreadable`` turns that into a warning that names it), a
+slice of another size is named with its rows x columns, and a tie between two equally large series asks for
+``--series-uid``. NIfTI files are written into a hidden folder beside the target and renamed when complete, so no
+file that an image reader or nnU-Net's file listing picks up is ever incomplete; SIGTERM removes the partial file
+as Ctrl-C does.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import re
+import shutil
+import signal
+import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,22 +33,34 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-__all__ = ["DicomError", "DicomSeries", "DicomVolume", "list_series", "read_dicom_series", "find_dicom_cases",
-           "dicom_to_nifti", "case_name"]
+__all__ = ["DicomError", "OutputFolderError", "DicomSeries", "SeriesFiles", "DicomVolume", "list_series", "unreadable_files",
+           "inspect_series", "read_dicom_series", "find_dicom_cases", "dicom_to_nifti", "case_name",
+           "require_writable_folder", "stop_signals_raise", "write_image_atomically"]
 
 TAG_POSITION = "0020|0032"
 TAG_ORIENTATION = "0020|0037"
 TAG_DESCRIPTION = "0008|103e"
 TAG_MODALITY = "0008|0060"
+TAG_ROWS = "0028|0010"
+TAG_COLUMNS = "0028|0011"
 # Steps between neighbouring slices that differ from the median step by more than this fraction are reported.
 SPACING_TOLERANCE = 0.1
 # Two slices closer than this (mm) along the normal are one position stored twice.
 DUPLICATE_DISTANCE_MM = 1e-3
 NIFTI_ENDING = ".nii.gz"
+# A file with these endings, or with the "DICM" marker after the 128-byte preamble, is meant to be DICOM.
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+DICOM_MARKER_OFFSET, DICOM_MARKER = 128, b"DICM"
+# DICOMDIR, the media's index, is DICOM but holds no image
+NOT_AN_IMAGE = ("DICOMDIR",)
 
 
 class DicomError(ValueError):
     """A folder without a usable DICOM series, or a series that cannot be read; the message names the fix."""
+
+
+class OutputFolderError(RuntimeError):
+    """An output folder that cannot be created or written to."""
 
 
 @dataclass
@@ -47,6 +70,15 @@ class DicomSeries:
     uid: str
     files: list[str]
     description: str = ""
+
+
+@dataclass
+class SeriesFiles:
+    """The series ``read_dicom_series`` would read: its files in slice order, and what was noticed on the way."""
+
+    series: DicomSeries
+    files: list[str]
+    notes: list[str]
 
 
 @dataclass
@@ -77,18 +109,26 @@ def list_series(folder: str | os.PathLike) -> list[DicomSeries]:
 def find_dicom_cases(path: str | os.PathLike) -> list[tuple[str, Path]]:
     """``(case name, series folder)`` for ``path`` itself if it holds a series, else for each subfolder that does.
 
-    Raises DicomError if neither ``path`` nor any of its subfolders holds a DICOM series.
+    Raises DicomError if neither ``path`` nor any of its subfolders holds a DICOM series, if ``path`` holds DICOM
+    files beside case folders (a stray file would otherwise hide every case), or if two folders give one case name.
     """
     path = Path(path)
     if not path.is_dir():
         raise DicomError(f"{path} is not a folder; give the folder that holds the DICOM files of a series "
                          "(or a folder of such folders, one per case).")
-    if list_series(path):
-        return [(case_name(path), path)]
+    own = list_series(path)
     cases = [(case_name(sub), sub) for sub in sorted(p for p in path.iterdir() if p.is_dir()) if list_series(sub)]
+    if own and cases:
+        stray = [Path(f).name for s in own for f in s.files]
+        raise DicomError(f"{path} holds DICOM file(s) of its own ({_names(stray)}) beside case folders with DICOM "
+                         f"series ({_names([folder.name for _, folder in cases])}). Move the file(s) into their "
+                         "case's folder (or out of this folder), or give one series folder.")
+    if own:
+        return [(case_name(path), path)]
     if not cases:
         raise DicomError(f"No DICOM series in {path} or its subfolders. Give the folder that holds one series' "
                          ".dcm files, or a folder with one such folder per case.")
+    _refuse_shared_names(cases)
     return cases
 
 
@@ -97,51 +137,102 @@ def case_name(folder: Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", folder.resolve().name).strip("._") or "case"
 
 
-def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None,
-                      log: Callable[[str], None] = print) -> DicomVolume:
-    """Read one series of ``folder`` into a 3D image in LPS patient coordinates (CT in HU).
+def _refuse_shared_names(cases: list[tuple[str, Path]]) -> None:
+    """Two folders whose names give one case name (``Müller``, ``Möller`` -> ``M_ller``; ``A``, ``a`` on a file system
+    that ignores case) would write one output over the other."""
+    folders: dict[str, list[Path]] = {}
+    for name, folder in cases:
+        folders.setdefault(name.casefold(), []).append(folder)
+    shared = [group for group in folders.values() if len(group) > 1]
+    if shared:
+        clashes = "; ".join(f"{', '.join(f.name for f in group)} -> {case_name(group[0])}" for group in shared)
+        raise DicomError(f"Case folders whose names give the same case name: {clashes}. Nothing was written. Rename "
+                         "the folders so that their names differ in letters A-Z, digits, '.', '_' or '-'.")
+
+
+def unreadable_files(folder: str | os.PathLike, series: list[DicomSeries]) -> list[Path]:
+    """Files of ``folder`` meant to be DICOM (a DICOM preamble, or a .dcm/.ima name) that are in none of ``series``
+    because GDCM could not read them (truncated, corrupt): GDCM leaves them out without a word."""
+    listed = {os.path.realpath(f) for s in series for f in s.files}
+    found = []
+    for file in sorted(Path(folder).iterdir()):
+        if not file.is_file() or file.name in NOT_AN_IMAGE or os.path.realpath(file) in listed:
+            continue
+        if file.suffix.lower() in DICOM_SUFFIXES or _has_dicom_marker(file):
+            found.append(file)
+    return found
+
+
+def _has_dicom_marker(file: Path) -> bool:
+    with open(file, "rb") as handle:
+        handle.seek(DICOM_MARKER_OFFSET)
+        return handle.read(len(DICOM_MARKER)) == DICOM_MARKER
+
+
+def inspect_series(folder: str | os.PathLike, series_uid: str | None = None, skip_unreadable: bool = False,
+                   log: Callable[[str], None] = print) -> SeriesFiles:
+    """Choose a series of ``folder`` and check its files from their headers, without reading any pixel data.
 
     Args:
         folder: the folder that holds the series' files.
-        series_uid: the Series Instance UID to read; None reads the only series, or the one with the most slices
-            when there are several (``log`` says which and lists the others).
+        series_uid: the Series Instance UID to read; None takes the only series, or the one with the most slices
+            when there are several (``log`` says which and lists the others; a tie is an error).
+        skip_unreadable: leave out files meant to be DICOM that cannot be read, with a note naming each; by
+            default they are an error.
         log: where messages about the choice of series and the slice checks go.
 
     Raises:
-        DicomError: no DICOM series in ``folder``, or ``series_uid`` is not one of its series.
+        DicomError: no DICOM series in ``folder``, ``series_uid`` is not one of its series, two series tie for the
+            largest, a file cannot be read, or slices differ in size.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise DicomError(f"DICOM folder {folder} does not exist.")
     series = list_series(folder)
+    unreadable = unreadable_files(folder, series)
+    if unreadable and not skip_unreadable:
+        raise DicomError(f"{len(unreadable)} file(s) of {folder} cannot be read as DICOM (truncated or corrupt): "
+                         f"{_names([f.name for f in unreadable])}. Copy them again from the source, move them out "
+                         f"of the folder, or pass --skip-unreadable to go on without them.")
     if not series:
         raise DicomError(f"No DICOM series in {folder}. Give the folder that holds the series' .dcm files "
                          "(subfolders are not searched).")
     chosen = _choose_series(folder, series, series_uid)
-    notes = []
+    skipped = [f"skipped unreadable file {file.name} (truncated or corrupt)" for file in unreadable]
+    choice = []
     if series_uid is None and len(series) > 1:
-        log(f"{folder} holds {len(series)} series; using the largest, {chosen.uid} ({len(chosen.files)} files). "
-            f"Others: {_describe(series[1:])}. Name one with --series-uid.")
-        notes.append(f"{len(series)} series in the folder; read the largest, {chosen.uid}")
+        log(f"{folder} holds {len(series)} series; using the largest, {_uid(chosen.uid)} ({len(chosen.files)} "
+            f"files). Others: {_describe(series[1:])}. Name one with --series-uid.")
+        choice.append(f"{len(series)} series in the folder; read the largest, {_uid(chosen.uid)}")
     files, slice_notes = _order_slices(chosen.files)
-    for note in slice_notes:
+    for note in skipped + slice_notes:
         log(f"warning: {folder}: {note}")
-    notes += slice_notes
+    notes = skipped + choice + slice_notes
+    return SeriesFiles(chosen, files, notes)
 
+
+def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None,
+                      log: Callable[[str], None] = print, skip_unreadable: bool = False) -> DicomVolume:
+    """Read one series of ``folder`` into a 3D image in LPS patient coordinates (CT in HU).
+
+    Arguments and errors as for ``inspect_series``, which chooses and checks the files first.
+    """
+    folder = Path(folder)
+    found = inspect_series(folder, series_uid, skip_unreadable, log)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
+    reader.SetFileNames(found.files)
     try:
         with _quiet_itk():  # our check above names the positions; ITK's generic warning would only repeat it
             image = reader.Execute()
     except RuntimeError as error:
-        raise DicomError(f"Could not read series {chosen.uid} in {folder}: {error}") from error
-    modality = _header(files[0]).get(TAG_MODALITY, "").strip()
-    return DicomVolume(image=image, folder=folder, series_uid=chosen.uid, num_files=len(files), modality=modality,
-                       warnings=notes)
+        raise DicomError(f"Could not read series {_uid(found.series.uid)} in {folder}: {error}") from error
+    modality = _header(found.files[0]).get(TAG_MODALITY, "").strip()
+    return DicomVolume(image=image, folder=folder, series_uid=found.series.uid, num_files=len(found.files),
+                       modality=modality, warnings=found.notes)
 
 
 def dicom_to_nifti(input_path: str | os.PathLike, output_dir: str | os.PathLike, series_uid: str | None = None,
-                   overwrite: bool = False, nnunet_names: bool = False,
+                   overwrite: bool = False, nnunet_names: bool = False, skip_unreadable: bool = False,
                    log: Callable[[str], None] = print) -> list[Path]:
     """Convert a series folder, or a folder of series folders, to ``output_dir/<case>.nii.gz`` files.
 
@@ -151,8 +242,11 @@ def dicom_to_nifti(input_path: str | os.PathLike, output_dir: str | os.PathLike,
         series_uid: which series to take when a folder holds several (default: the largest).
         overwrite: replace existing output files; without it an existing file stops the run before any is written.
         nnunet_names: name the files ``<case>_0000.nii.gz``, so the folder is an nnU-Net input folder.
+        skip_unreadable: go on without DICOM files that cannot be read, naming each in a warning.
 
-    Returns the written files. Raises DicomError (no series) or FileExistsError (existing output).
+    Every series is checked from its headers and the output folder for writing before the first file is written.
+    Returns the written files. Raises DicomError (no series, unreadable files, colliding case names),
+    FileExistsError (existing output) or OutputFolderError (an output folder that cannot be written).
     """
     cases = find_dicom_cases(input_path)
     output_dir = Path(output_dir)
@@ -162,19 +256,58 @@ def dicom_to_nifti(input_path: str | os.PathLike, output_dir: str | os.PathLike,
     if existing and not overwrite:
         raise FileExistsError(f"{len(existing)} output file(s) exist already, e.g. {existing[0]}. Pass --overwrite "
                               "to replace them, or choose another output folder.")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for index, ((_, folder), target) in enumerate(zip(cases, targets), start=1):
-        log(f"[{index}/{len(cases)}] {folder} -> {target}")
-        volume = read_dicom_series(folder, series_uid, log)
-        write_image_atomically(volume.image, target)
+    for _, folder in cases:
+        inspect_series(folder, series_uid, skip_unreadable, log=lambda message: None)
+    require_writable_folder(output_dir)
+    with stop_signals_raise():
+        for index, ((_, folder), target) in enumerate(zip(cases, targets), start=1):
+            log(f"[{index}/{len(cases)}] {folder} -> {target}")
+            volume = read_dicom_series(folder, series_uid, log, skip_unreadable)
+            write_image_atomically(volume.image, target)
     return targets
 
 
+def require_writable_folder(folder: Path) -> None:
+    """Create ``folder`` if needed and write and remove a file in it: a read-only or full disk, or a path under a
+    file, is found before any work instead of after it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".nnunet-ext-write-test-"):
+            pass
+    except OSError as error:
+        raise OutputFolderError(f"Cannot write to the output folder {folder} ({error.strerror or error}). Choose "
+                                "a folder you can write to with -o.") from error
+
+
+@contextlib.contextmanager
+def stop_signals_raise():
+    """SIGTERM ends the process through SystemExit (status 143) instead of at once, so ``finally`` blocks remove
+    partial files as they do on Ctrl-C. Only where SIGTERM has its default action, in the main thread."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum: int, _frame) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def write_image_atomically(image: sitk.Image, target: Path) -> None:
-    """Write under a temporary name and rename, so an interrupted write never leaves a truncated file."""
-    partial = target.with_name(f".{target.name}.partial{NIFTI_ENDING}")
-    sitk.WriteImage(image, str(partial), useCompression=True)
-    os.replace(partial, target)
+    """Write into a hidden folder beside ``target`` and rename, so an interrupted write never leaves a truncated file,
+    nor one that nnU-Net's file listing (which does not look into folders) or an image reader would pick up. The
+    file keeps its real name there, so SimpleITK chooses the format and compression from it."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        sitk.WriteImage(image, str(staging / target.name), useCompression=True)
+        os.replace(staging / target.name, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -189,6 +322,11 @@ def _quiet_itk():
 
 def _choose_series(folder: Path, series: list[DicomSeries], series_uid: str | None) -> DicomSeries:
     if series_uid is None:
+        if len(series) > 1 and len(series[0].files) == len(series[1].files):
+            tied = [s for s in series if len(s.files) == len(series[0].files)]
+            raise DicomError(f"{folder} holds {len(series)} series and {len(tied)} of them tie for the largest with "
+                             f"{len(series[0].files)} files: {_describe(tied)}. Name the one to read with "
+                             "--series-uid.")
         return series[0]
     for candidate in series:
         if candidate.uid == series_uid:
@@ -196,9 +334,17 @@ def _choose_series(folder: Path, series: list[DicomSeries], series_uid: str | No
     raise DicomError(f"Series {series_uid} is not in {folder}; it holds: {_describe(series)}.")
 
 
+def _uid(uid: str) -> str:
+    return uid.strip() or "(no Series Instance UID)"
+
+
 def _describe(series: list[DicomSeries]) -> str:
-    return "; ".join(f"{s.uid} ({len(s.files)} files{', ' + s.description.strip() if s.description.strip() else ''})"
-                     for s in series)
+    return "; ".join(f"{_uid(s.uid)} ({len(s.files)} files"
+                     f"{', ' + s.description.strip() if s.description.strip() else ''})" for s in series)
+
+
+def _names(names: list[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _header(file: str) -> dict[str, str]:
@@ -213,6 +359,7 @@ def _order_slices(files: list[str]) -> tuple[list[str], list[str]]:
     if len(files) == 1:
         return files, []
     headers = [_header(f) for f in files]
+    _refuse_other_sizes(files, headers)
     if any(TAG_POSITION not in h or TAG_ORIENTATION not in h for h in headers):
         return files, ["some slices lack Image Position/Orientation (Patient); slices kept in GDCM's order"]
     orientation = np.array([float(v) for v in headers[0][TAG_ORIENTATION].split("\\")])
@@ -242,6 +389,18 @@ def _order_slices(files: list[str]) -> tuple[list[str], list[str]]:
                          f"volume assumes an even step of {(positions[-1] - positions[0]) / (len(positions) - 1):.2f} "
                          "mm, so anatomy there is displaced. Re-export the complete series.")
     return files, notes
+
+
+def _refuse_other_sizes(files: list[str], headers: list[dict[str, str]]) -> None:
+    """Slices of another size than most: ITK would fail with a dump of its image regions."""
+    sizes = [(h.get(TAG_ROWS, "?").strip(), h.get(TAG_COLUMNS, "?").strip()) for h in headers]
+    usual = max(set(sizes), key=sizes.count)
+    other = [f"{Path(f).name} ({rows} x {columns})" for f, (rows, columns) in zip(files, sizes) if (rows, columns)
+             != usual]
+    if other:
+        raise DicomError(f"Slice(s) of another size in series of {Path(files[0]).parent}: {_names(other)}; the other "
+                         f"{sizes.count(usual)} slices have {usual[0]} x {usual[1]} (rows x columns). Move the "
+                         "odd file(s) out of the folder (a localizer or another series?), or re-export the series.")
 
 
 def _positions(values: np.ndarray) -> str:

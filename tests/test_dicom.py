@@ -1,5 +1,10 @@
 """DICOM series -> image -> NIfTI: series by UID, slices by position, rescale to HU, geometry, and the warnings and
 errors for bad series. The series are written by the tests with SimpleITK (tests/dicom_series.py)."""
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -7,7 +12,7 @@ import SimpleITK as sitk
 from conftest import run_command, scrubbed_environment
 from dicom_series import INTERCEPT, SLOPE, hu_phantom, stored_pixels, write_series
 
-from nnunet_ext.dicom import DicomError, dicom_to_nifti, find_dicom_cases, read_dicom_series
+from nnunet_ext.dicom import DicomError, OutputFolderError, dicom_to_nifti, find_dicom_cases, read_dicom_series
 
 SIZE = (12, 10, 6)  # x, y, z
 SPACING = (0.7, 0.9, 2.5)
@@ -113,3 +118,119 @@ def test_dicom2nifti_command(tmp_path):
     empty = run_command(["nnunet-ext", "dicom2nifti", "-i", str(tmp_path / "out"), "-o", str(tmp_path / "x")], env,
                         expect_success=False)
     assert "No DICOM series" in empty.stderr and "Traceback" not in empty.stderr
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def test_case_names_that_collide_stop_the_run_before_anything_is_written(tmp_path):
+    for name in ("Müller", "Möller"):
+        write_series(hu_phantom(SIZE, SPACING), tmp_path / "umlauts" / name)
+    with pytest.raises(DicomError, match="Möller, Müller -> M_ller.*Rename the folders"):
+        dicom_to_nifti(tmp_path / "umlauts", tmp_path / "out", log=_quiet)
+    for name in ("Case", "case"):  # one file on a file system that ignores case
+        write_series(hu_phantom(SIZE, SPACING), tmp_path / "cases" / name)
+    with pytest.raises(DicomError, match="Case, case -> Case"):
+        dicom_to_nifti(tmp_path / "cases", tmp_path / "out", log=_quiet)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("position", ["first", "middle", "last"])
+def test_an_unreadable_slice_is_named_and_left_out_only_when_asked(tmp_path, position):
+    phantom = hu_phantom(SIZE, SPACING)
+    files = write_series(phantom, tmp_path / "series")  # files[k] holds slice k
+    broken = files[{"first": 0, "middle": 3, "last": SIZE[2] - 1}[position]]
+    broken.write_bytes(broken.read_bytes()[:-50])  # truncated in its pixel data: GDCM leaves it out silently
+
+    with pytest.raises(DicomError, match=f"cannot be read as DICOM.*{broken.name}.*--skip-unreadable"):
+        read_dicom_series(tmp_path / "series", log=_quiet)
+    with pytest.raises(DicomError, match=broken.name):
+        dicom_to_nifti(tmp_path / "series", tmp_path / "out", log=_quiet)
+    assert not (tmp_path / "out").exists()
+
+    messages = []
+    volume = read_dicom_series(tmp_path / "series", log=messages.append, skip_unreadable=True)
+    assert volume.num_files == SIZE[2] - 1 and volume.image.GetSize()[2] == SIZE[2] - 1
+    assert volume.warnings[0] == f"skipped unreadable file {broken.name} (truncated or corrupt)"
+    assert any(broken.name in m and m.startswith("warning:") for m in messages)
+
+
+def test_a_stray_dicom_file_beside_case_folders_is_refused_naming_both(tmp_path):
+    files = write_series(hu_phantom(SIZE, SPACING), tmp_path / "batch" / "p1")
+    write_series(hu_phantom(SIZE, SPACING), tmp_path / "batch" / "p2", series_uid="1.2.3.970.3")
+    (tmp_path / "batch" / "stray.dcm").write_bytes(files[2].read_bytes())
+    with pytest.raises(DicomError, match=r"holds DICOM file\(s\) of its own \(stray.dcm\).*\(p1, p2\)"):
+        dicom_to_nifti(tmp_path / "batch", tmp_path / "out", log=_quiet)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tie_for_the_largest_series_asks_for_its_uid(tmp_path):
+    folder = tmp_path / "tie"
+    write_series(hu_phantom(SIZE, SPACING), folder, series_uid="1.2.3.970.20")
+    for file in write_series(hu_phantom(SIZE, SPACING), tmp_path / "other", series_uid="1.2.3.970.21"):
+        file.rename(folder / f"other_{file.name}")
+    with pytest.raises(DicomError, match=r"tie for the largest with 6 files.*1.2.3.970.20.*1.2.3.970.21.*--series-uid"):
+        read_dicom_series(folder, log=_quiet)
+    assert read_dicom_series(folder, series_uid="1.2.3.970.21", log=_quiet).series_uid == "1.2.3.970.21"
+
+
+def test_an_empty_series_uid_is_named_as_such(tmp_path):
+    folder = tmp_path / "no_uid"
+    write_series(hu_phantom(SIZE, SPACING), folder, series_uid="")
+    for file in write_series(hu_phantom((12, 10, 3), SPACING), tmp_path / "small", series_uid="1.2.3.970.22"):
+        file.rename(folder / f"small_{file.name}")
+    messages = []
+    volume = read_dicom_series(folder, log=messages.append)
+    assert "using the largest, (no Series Instance UID) (6 files)" in messages[0]
+    assert volume.image.GetSize() == SIZE
+
+
+def test_a_slice_of_another_size_is_named_with_its_rows_and_columns(tmp_path):
+    files = write_series(hu_phantom(SIZE, SPACING), tmp_path / "series")
+    odd = write_series(hu_phantom((8, 10, 6), SPACING), tmp_path / "narrow")[2]
+    odd.replace(files[2])
+    with pytest.raises(DicomError, match=rf"another size.*{files[2].name} \(10 x 8\).*5 slices have 10 x 12"):
+        read_dicom_series(tmp_path / "series", log=_quiet)
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_reading(tmp_path):
+    write_series(hu_phantom(SIZE, SPACING), tmp_path / "case1")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(OutputFolderError, match="Cannot write to the output folder .*a_file/out.*-o"):
+        dicom_to_nifti(tmp_path / "case1", tmp_path / "a_file" / "out", log=_quiet)
+
+
+INTERRUPTED_CONVERSION = """
+import os, signal, sys
+import SimpleITK as sitk
+from nnunet_ext import dicom
+
+write, written = sitk.WriteImage, []
+def write_then_stop(image, path, *args, **kwargs):  # the real writer, then the signal while the file is partial
+    write(image, path, *args, **kwargs)
+    written.append(path)
+    print(path, flush=True)
+    if len(written) == 2:
+        os.kill(os.getpid(), getattr(signal, sys.argv[3]))
+sitk.WriteImage = write_then_stop
+dicom.dicom_to_nifti(sys.argv[1], sys.argv[2], nnunet_names=True, log=lambda message: None)
+"""
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_conversion_leaves_no_partial_file(tmp_path, stop):
+    for name in ("a", "b"):
+        write_series(hu_phantom(SIZE, SPACING), tmp_path / "dicom" / name)
+    output = tmp_path / "nifti"
+    result = subprocess.run([sys.executable, "-c", INTERRUPTED_CONVERSION, str(tmp_path / "dicom"), str(output),
+                             stop], capture_output=True, text=True, env=scrubbed_environment())
+    assert result.returncode == {"SIGINT": -signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}[stop], result.stderr
+    partial = [Path(line) for line in result.stdout.split()]
+    # written under its own name in a hidden folder that neither an image reader nor nnU-Net's listing takes
+    assert [p.name for p in partial] == ["a_0000.nii.gz", "b_0000.nii.gz"]
+    assert all(p.parent.parent == output and p.parent.name.startswith(".") and p.parent.name.endswith(".partial")
+               for p in partial)
+    assert sorted(p.name for p in output.iterdir()) == ["a_0000.nii.gz"]  # b's partial file is gone
+    assert sitk.ReadImage(str(output / "a_0000.nii.gz")).GetSize() == SIZE
+    assert (output / "a_0000.nii.gz").read_bytes()[:2] == b"\x1f\x8b"  # NIfTI, gzip-compressed, as its name says
