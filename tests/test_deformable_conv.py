@@ -1,5 +1,6 @@
 """Deformable convolution (blocks.deformable_conv) against ordinary convolutions and an independent slow reference."""
 import itertools
+import math
 
 import pytest
 import torch
@@ -12,8 +13,46 @@ from nnunet_ext.architectures.blocks import (AttentiveDeformableConv, ChannelGat
 pytestmark = pytest.mark.usefixtures("single_thread_torch", "seeded_torch")
 
 
-def slow_deformable_conv(x: torch.Tensor, offsets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Deformable convolution written out per output position, tap and corner (3D, kernel k, zero outside).
+def zeros_rule_sample(x: torch.Tensor, position: list[float]) -> torch.Tensor:
+    """Multi-linear sample of x (C, D, H, W) at ``position`` (3 voxel coordinates), zero outside the volume."""
+    sample = torch.zeros(x.shape[0], dtype=x.dtype)
+    lower = [math.floor(p) for p in position]
+    for corner in itertools.product((0, 1), repeat=3):
+        index = [lo + c for lo, c in zip(lower, corner)]
+        if any(i < 0 or i >= s for i, s in zip(index, x.shape[1:])):
+            continue  # zero outside the volume
+        factor = 1.0
+        for p, i in zip(position, index):
+            factor *= 1.0 - abs(p - i)
+        sample = sample + factor * x[:, index[0], index[1], index[2]]
+    return sample
+
+
+def original_rule_sample(x: torch.Tensor, position: list[float]) -> torch.Tensor:
+    """The original S2CA-Net code's sampling (modules/DeformableBlock3D.py) at one position, written out as it
+    describes it: positions move into the 1-voxel zero-padded volume; per axis the lower neighbour floor(p) and the
+    upper floor(p) + 1 are clamped to the padded volume; a position in its margin (p < 1 or p > padded size - 2) is
+    replaced by its floor, then every position is clamped to the padded volume; lower neighbours weigh 1 + (q - p),
+    upper ones 1 - (q - p), multiplied over the axes."""
+    padded = F.pad(x, (1,) * 6)
+    sizes = padded.shape[1:]
+    shifted = [p + 1 for p in position]
+    lower = [math.floor(p) for p in shifted]
+    snapped = [float(math.floor(p)) if p < 1 or p > s - 2 else p for p, s in zip(shifted, sizes)]
+    snapped = [min(max(p, 0.0), s - 1.0) for p, s in zip(snapped, sizes)]
+    sample = torch.zeros(x.shape[0], dtype=x.dtype)
+    for corner in itertools.product((0, 1), repeat=3):
+        index = [min(max(lo + c, 0), s - 1) for lo, c, s in zip(lower, corner, sizes)]
+        factor = 1.0
+        for i, p, upper in zip(index, snapped, corner):
+            factor *= 1.0 - (i - p) if upper else 1.0 + (i - p)
+        sample = sample + factor * padded[:, index[0], index[1], index[2]]
+    return sample
+
+
+def slow_deformable_conv(x: torch.Tensor, offsets: torch.Tensor, weight: torch.Tensor,
+                         sample_at=zeros_rule_sample) -> torch.Tensor:
+    """Deformable convolution written out per output position and tap (3D, kernel k), sampling with ``sample_at``.
 
     offsets: (B, 3·K, D, H, W), channel a·K + n = displacement along axis a of tap n (taps in weight order);
     weight: (C_out, C_in, k, k, k).
@@ -28,17 +67,7 @@ def slow_deformable_conv(x: torch.Tensor, offsets: torch.Tensor, weight: torch.T
             position = [d + kd - half + offsets[b, n, d, h, w].item(),
                         h + kh - half + offsets[b, num_taps + n, d, h, w].item(),
                         w + kw - half + offsets[b, 2 * num_taps + n, d, h, w].item()]
-            sample = torch.zeros(channels, dtype=x.dtype)
-            lower = [int(torch.floor(torch.tensor(p)).item()) for p in position]
-            for corner in itertools.product((0, 1), repeat=3):
-                index = [lo + c for lo, c in zip(lower, corner)]
-                if any(i < 0 or i >= s for i, s in zip(index, size)):
-                    continue  # zero outside the volume
-                factor = 1.0
-                for p, i in zip(position, index):
-                    factor *= 1.0 - abs(p - i)
-                sample = sample + factor * x[b, :, index[0], index[1], index[2]]
-            out[b, :, d, h, w] += weight[:, :, kd, kh, kw] @ sample
+            out[b, :, d, h, w] += weight[:, :, kd, kh, kw] @ sample_at(x[b], position)
     return out
 
 
@@ -49,9 +78,10 @@ def test_kernel_taps_follow_the_weight_layout():
     assert kernel_taps(3, 2, dilation=2)[0].tolist() == [-2, -2]
 
 
+@pytest.mark.parametrize("border", ["zeros", "floor"])
 @pytest.mark.parametrize("size", [(5, 6, 7), (1, 4, 3)])
-def test_zero_offsets_equal_conv3d_with_the_equivalent_weight(size):
-    deformable = DeformableConv(nn.Conv3d, 3, 5, kernel_size=3, bias=True)
+def test_zero_offsets_equal_conv3d_with_the_equivalent_weight(size, border):
+    deformable = DeformableConv(nn.Conv3d, 3, 5, kernel_size=3, bias=True, border=border)
     x = torch.randn(2, 3, *size)
     out = deformable(x, torch.zeros(2, 81, *size))
     expected = F.conv3d(x, deformable.weight_as_conv(), deformable.projection.bias, padding=1)
@@ -86,6 +116,26 @@ def test_random_offsets_match_the_slow_reference():
     out = deformable(x, offsets)
     torch.testing.assert_close(out, slow_deformable_conv(x, offsets, deformable.weight_as_conv().detach()),
                                atol=1e-10, rtol=1e-10)
+
+
+def test_floor_border_matches_the_original_codes_rule():
+    deformable = DeformableConv(nn.Conv3d, 2, 3, kernel_size=3, border="floor").double()
+    x = torch.randn(2, 2, 3, 4, 5, dtype=torch.float64)
+    offsets = 1.5 * torch.randn(2, 81, 3, 4, 5, dtype=torch.float64)
+    # a third of the offsets whole or half voxels: positions exactly on the border, on -1, on the size, halfway
+    exact = torch.rand(offsets.shape) < 0.33
+    offsets[exact] = torch.round(2 * offsets[exact]) / 2
+    out = deformable(x, offsets)
+    weight = deformable.weight_as_conv().detach()
+    torch.testing.assert_close(out, slow_deformable_conv(x, offsets, weight, original_rule_sample),
+                               atol=1e-10, rtol=1e-10)
+    # the rules differ only within a voxel outside the volume
+    assert not torch.allclose(out, slow_deformable_conv(x, offsets, weight))
+
+
+def test_unknown_border_rule_is_refused():
+    with pytest.raises(ValueError, match=r"border must be one of \('zeros', 'floor'\), got 'reflect'"):
+        DeformableConv(nn.Conv3d, 2, 3, border="reflect")
 
 
 def test_gradients_reach_input_weights_and_offsets():
