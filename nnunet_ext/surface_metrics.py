@@ -48,7 +48,10 @@ def _block_codes(mask: np.ndarray) -> np.ndarray:
 def element_measure_table(spacing: tuple[float, ...]) -> np.ndarray:
     """Area (3D, mm²) or length (2D, mm) of the surface inside a 2^d block, for each of its 2^(2^d) codes.
 
-    Built by running marching cubes (Lorensen's table; marching squares in 2D) on each configuration of one block.
+    Built by running marching cubes (Lorensen and Cline's table; marching squares in 2D) on each configuration of
+    one block. A configuration and its complement share one triangulation, as in the classic table and DeepMind's:
+    the one drawn for the side with at most half of the corners (skimage's Lorensen variant resolves ambiguous faces
+    by the side's values, which would give complements different areas).
     """
     from skimage import measure
 
@@ -56,9 +59,10 @@ def element_measure_table(spacing: tuple[float, ...]) -> np.ndarray:
     corners = list(itertools.product((0, 1), repeat=ndim))
     table = np.zeros(2 ** len(corners))
     for code in range(1, len(table) - 1):
+        drawn = code if bin(code).count("1") <= len(corners) // 2 else code ^ (len(table) - 1)
         block = np.zeros((2,) * ndim)
         for bit, corner in enumerate(corners):
-            block[corner] = (code >> bit) & 1
+            block[corner] = (drawn >> bit) & 1
         if ndim == 3:
             vertices, faces, _, _ = measure.marching_cubes(block, 0.5, spacing=spacing, method="lorensen")
             table[code] = measure.mesh_surface_area(vertices, faces)
