@@ -102,6 +102,11 @@ def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
     return tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box, mask.shape))
 
 
+def _check_definition(definition: str) -> None:
+    if definition not in SURFACE_DEFINITIONS:
+        raise ValueError(f"Unknown surface definition {definition!r}; choose one of {', '.join(SURFACE_DEFINITIONS)}.")
+
+
 def surface_distances(reference: np.ndarray, prediction: np.ndarray, spacing, definition: str = "element",
                       ignore: np.ndarray | None = None, crop: bool = True):
     """Directed surface distances and weights of two non-empty boolean masks.
@@ -112,8 +117,7 @@ def surface_distances(reference: np.ndarray, prediction: np.ndarray, spacing, de
     """
     from scipy import ndimage
 
-    if definition not in SURFACE_DEFINITIONS:
-        raise ValueError(f"Unknown surface definition {definition!r}; choose one of {', '.join(SURFACE_DEFINITIONS)}.")
+    _check_definition(definition)
     spacing = tuple(float(s) for s in spacing)
     if crop:  # one voxel around both masks holds every surface element and every ignored voxel they touch
         box = _bounding_box(reference | prediction, margin=1)
@@ -143,6 +147,7 @@ def surface_metrics(reference: np.ndarray, prediction: np.ndarray, spacing, tole
     ``ignore``: voxels left out (nnU-Net's ignore label). Masks with an axis of length 1 (2D images as nnU-Net
     stores them) are measured in 2D.
     """
+    _check_definition(definition)
     reference, prediction = reference.astype(bool), prediction.astype(bool)
     spacing = np.asarray(spacing, dtype=float)
     diagonal = float(np.linalg.norm(np.asarray(reference.shape) * spacing))
