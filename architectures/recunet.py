@@ -19,13 +19,15 @@ operations. Differences, none of which changes the function of the original 2D n
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .blocks import AttentionGate, TripletAttention, matching_norm, spatial_dims
+from .weight_conversion import BATCH_NORM_ENTRIES, RenameRule, rename_keys
 
 ORIGINAL_FEATURES = (64, 128, 256, 512, 1024)
 
@@ -153,7 +155,16 @@ class RECUNet(nn.Module):
     Head: 1×1 conv (bias) to ``num_classes`` logits; no activation (nnU-Net applies sigmoid for regions).
 
     Fidelity (1×352×352, 2 outputs, measured with ``nnunet_ext.architectures.profiling``): 34,880,186 parameters
-    (the original's count exactly) and 125.52 GMAC (the original measured 125.52).
+    (the original's count exactly) and 125.52 GMAC (the original measured 125.52). ``convert_original_state_dict``
+    loads the original's weights into ``RECUNet(1, 2)``; with random weights (every parameter and BatchNorm
+    statistic), eval mode and a 3×352×352 input (ours given its channel 1), the outputs differ from the original
+    code's by at most 5.0e-7 of the largest output (float rounding). Deliberate differences and their effect:
+      * input channels and classes are arguments; the original takes 3 slices, keeps channel 1 inside
+        ``forward`` and has 2 outputs: none for ``RECUNet(1, 2)`` given that channel;
+      * zero-padding to multiples of 16: none, the original runs at multiples of 16 only;
+      * triplet attention re-weights once by the mean gate weight, and orders its gates by the pooled axis
+        (C, H, W; the original registers H, W, then C): none, the converter maps the gates by name;
+      * the 3D form: no counterpart in the original.
 
     Args:
         input_channels: image channels (nnU-Net's input channels).
@@ -214,3 +225,53 @@ class RECUNet(nn.Module):
         if padded != size:
             logits = logits[(..., *(slice(0, s) for s in size))]
         return [logits] if self.decoder.deep_supervision else logits
+
+
+# ---- the original's weights ------------------------------------------------------------------------------------
+
+def _rem_rules(original: str, ours: str) -> list[RenameRule]:
+    """Rules for one original ``REM_block`` → our ``ResidualEnhancementModule``.
+
+    The original's ``EM_block`` registers its gates in the order ChannelGateH (swaps C and H), ChannelGateW (swaps
+    C and W), SpatialGate (pools over C); ours orders the branches by the swapped axis: 0 = C (spatial), 1 = H,
+    2 = W. The three gates have identical shapes, so only these names tell them apart.
+    """
+    em = rf"{re.escape(original)}\.conv2\.3"
+    rules: list[RenameRule] = [(rf"{re.escape(original)}\.(conv[12])\.([01])\.{BATCH_NORM_ENTRIES}",
+                                rf"{ours}.\1.\2.\3")]
+    for gate, branch in (("SpatialGate", 0), ("ChannelGateH", 1), ("ChannelGateW", 2)):
+        rules += [(rf"{em}\.{gate}\.spatial\.conv\.weight", f"{ours}.attention.gates.{branch}.conv.weight"),
+                  (rf"{em}\.{gate}\.spatial\.bn\.{BATCH_NORM_ENTRIES}",
+                   rf"{ours}.attention.gates.{branch}.norm.\1")]
+    return rules
+
+
+def _original_recunet_rules() -> list[RenameRule]:
+    """The original ``REC_UNet`` (REC_UNet.py) → ``RECUNet(1, 2)``, key by key."""
+    rules: list[RenameRule] = []
+    for stage in range(1, 6):
+        rules += _rem_rules(f"Conv{stage}", f"encoder.{stage - 1}")
+    # the original numbers its decoder levels by the deeper stage: 5 (deepest) ... 2; ours from deep to shallow
+    for level, original in enumerate(range(5, 1, -1)):
+        rules += [(rf"Up{original}\.up\.1\.(weight|bias)", rf"decoder.up.{level}.conv.0.\1"),
+                  (rf"Up{original}\.up\.2\.{BATCH_NORM_ENTRIES}", rf"decoder.up.{level}.conv.1.\1"),
+                  *_rem_rules(f"Up_conv{original}", f"decoder.rem.{level}")]
+        # CM_block(g, x) gates the skip x: W_x is our θ (on the skip), W_g our φ (on the up-sampled gate)
+        gate = f"decoder.calibration.{level}.gate"
+        for branch, name in (("W_x", "theta"), ("W_g", "phi"), ("psi", "psi")):
+            rules += [(rf"Att{original}\.{branch}\.0\.(weight|bias)", rf"{gate}.{name}.\1"),
+                      (rf"Att{original}\.{branch}\.1\.{BATCH_NORM_ENTRIES}", rf"{gate}.{name}_norm.\1")]
+    return rules + [(r"Conv\.(weight|bias)", r"decoder.head.\1")]
+
+
+def convert_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict of the original REC-UNet (github.com/459806555/REC-UNet, ``REC_UNet.py``, ``REC_UNet``) as
+    one of ``RECUNet(1, 2)``; names only (every tensor keeps its layout), by a table of rules.
+
+    The result loads strictly: REC-UNet has no deep-supervision heads to add. Feed ``RECUNet(1, 2)`` channel 1
+    of the original's 3-slice input (the original selects it inside ``forward``).
+
+    Raises:
+        KeyError: a key of the original that has no counterpart here (naming it).
+    """
+    return rename_keys(state_dict, _original_recunet_rules(), "REC-UNet")

@@ -10,7 +10,10 @@ Papers:
         (github.com/KyriakiKolpetinou/PancreasTumorSegmentation, models/segformer3d_variant.py).
 
 Re-implemented from a written description of that model: the same parameter tensors (names are our own) and the
-same function. The computation differs only where the result is mathematically identical:
+same function, except for the order in which the fuse layer concatenates the pyramid: [P1, P2, P3, P4] here,
+[P4, P3, P2, P1] in the original, so the original's fuse weight needs its input-channel blocks reversed
+(``convert_original_state_dict`` does it; loaded unconverted, the original's weights give wrong outputs). The
+computation differs otherwise only where the result is mathematically identical:
   * attention uses ``F.scaled_dot_product_attention`` instead of an explicit score matrix;
   * tokens keep one memory layout; convolutions work on channels-last views of them, and the decoder stays
     channels-last (instance norm via the group-norm kernel, which keeps that layout);
@@ -23,7 +26,7 @@ internally and the outputs cropped back, so nnU-Net's sliding window can never c
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +34,7 @@ from torch import nn
 from torch.nn.functional import scaled_dot_product_attention
 
 from .blocks import ASPP, SCSE, AttentionGate, DepthwiseSeparableConv, InstanceNorm, depthwise_conv
+from .weight_conversion import BATCH_NORM_ENTRIES, RenameRule, rename_keys
 
 Size3D = tuple[int, int, int]
 DEFAULT_SR_RATIOS = (4, 2, 1, 1)
@@ -330,6 +334,19 @@ class SegFormer3DVariant(nn.Module):
         python -c "from nnunet_ext.architectures import SegFormer3DVariant as N;
         from nnunet_ext.architectures.profiling import count_macs, count_parameters;
         n = N(1, 3); print(count_parameters(n), count_macs(n, (1, 1, 32, 160, 208)))"
+
+    Fidelity: ``convert_original_state_dict`` loads the original's weights (``SegFormer3D`` of
+    models/segformer3d_variant.py) into a ``SegFormer3DVariant`` with the same input channels and classes. With
+    random weights (every parameter and BatchNorm statistic), eval mode, input 1×32×160×208, 3 classes, our main
+    output differs from the original code's by at most 1.8e-6 of the largest output, the auxiliary one (upsampled
+    as the original does) by 1.5e-6: float rounding. Deliberate differences and their effect on the outputs:
+      * fuse order [P1..P4] instead of [P4..P1]: none once converted (the converter reverses the weight's input
+        blocks; without that the main output differs by 115 % of its largest value);
+      * the auxiliary logits stay at stride 4 (the original upsamples them trilinearly to the input size; nnU-Net
+        downsamples the targets instead): the same values once upsampled;
+      * attention by ``F.scaled_dot_product_attention``, channels-last layouts, φ resized instead of the gate in
+        the attention gates: rounding only (included in the figures above);
+      * padding of axes too short for the layers: none where the original runs (it fails on such inputs).
     """
 
     deep_supervision_strides: tuple[int, ...] = (1, 4)
@@ -387,3 +404,88 @@ class SegFormer3DVariant(nn.Module):
             return main
         aux_size = [math.ceil(s / self.deep_supervision_strides[1]) for s in size]
         return [main, aux[..., :aux_size[0], :aux_size[1], :aux_size[2]]]
+
+
+# ---- the original's weights ------------------------------------------------------------------------------------
+
+# layers of one original TransformerBlock → ours (patterns and replacements inside the block)
+_BLOCK_LAYERS: tuple[RenameRule, ...] = (
+    (r"norm(?P<n>[12])", r"norm\g<n>"),
+    (r"attention\.(?P<linear>q|kv|proj|sr)", r"attn.\g<linear>"),
+    (r"attention\.norm", "attn.sr_norm"),
+    (r"mlp\.(?P<fc>fc[12])", r"mlp.\g<fc>"),
+    (r"mlp\.dwconv\.dwconv", "mlp.dwconv"))
+
+
+def _original_segformer3d_rules() -> list[RenameRule]:
+    """The original ``SegFormer3D()`` (models/segformer3d_variant.py, default arguments) → ours, key by key."""
+    stem = "encoder.patch_embeds.0"
+    rules: list[RenameRule] = [
+        (r"encoder\.embed_1\.stem\.0\.(weight|bias)", rf"{stem}.conv1.\1"),
+        (rf"encoder\.embed_1\.stem\.1\.{BATCH_NORM_ENTRIES}", rf"{stem}.bn1.\1"),
+        (r"encoder\.embed_1\.stem\.3\.(weight|bias)", rf"{stem}.conv2.\1"),
+        (rf"encoder\.embed_1\.stem\.4\.{BATCH_NORM_ENTRIES}", rf"{stem}.bn2.\1"),
+        (r"encoder\.embed_1\.norm\.(weight|bias)", rf"{stem}.norm.\1")]
+    for stage in range(1, 5):
+        ours = f"encoder.stages.{stage - 1}"
+        if stage > 1:
+            embed = f"encoder.patch_embeds.{stage - 1}"
+            rules += [(rf"encoder\.embed_{stage}\.patch_embeddings\.(weight|bias)", rf"{embed}.proj.\1"),
+                      (rf"encoder\.embed_{stage}\.norm\.(weight|bias)", rf"{embed}.norm.\1")]
+        rules += [(rf"encoder\.tf_block{stage}\.(?P<block>\d+)\.{layer}\.(?P<entry>weight|bias)",
+                   rf"{ours}.\g<block>.{renamed}.\g<entry>") for layer, renamed in _BLOCK_LAYERS]
+        rules += [(rf"encoder\.tf_block{stage}\.(\d+)\.mlp\.dwconv\.bn\.{BATCH_NORM_ENTRIES}",
+                   rf"{ours}.\1.mlp.bn.\2"),
+                  (rf"encoder\.norm{stage}\.(weight|bias)", rf"encoder.norms.{stage - 1}.\1")]
+    return rules + _original_decoder_rules()
+
+
+def _original_decoder_rules() -> list[RenameRule]:
+    """The original ``ASPPFPNDecoderHead`` (default arguments, ``fuse_all=True``) → our ``ASPPFPNDecoder``."""
+    aspp = "decoder.aspp"
+    rules: list[RenameRule] = [
+        (r"decoder\.aspp\.branches\.0\.0\.weight", f"{aspp}.pointwise_branch.0.weight"),
+        (r"decoder\.aspp\.pool_proj\.1\.weight", f"{aspp}.pooling_branch.0.weight"),
+        (r"decoder\.aspp\.proj\.weight", f"{aspp}.projection.weight"),
+        (r"decoder\.fuse\.0\.weight", "decoder.fuse.0.weight"),
+        (r"decoder\.cls\.(weight|bias)", r"decoder.head.\1"),
+        (r"decoder\.cls_aux\.(weight|bias)", r"decoder.aux_head.\1")]
+    for rate in range(1, 4):
+        branch = f"{aspp}.atrous_branches.{rate - 1}"
+        rules += [(rf"decoder\.aspp\.branches\.{rate}\.0\.dw\.weight", f"{branch}.0.depthwise.weight"),
+                  (rf"decoder\.aspp\.branches\.{rate}\.0\.pw\.weight", f"{branch}.0.pointwise.weight"),
+                  (rf"decoder\.aspp\.branches\.{rate}\.1\.weight", f"{branch}.1.0.weight")]
+    for level in range(1, 4):  # cam/ag/lat/smooth k act on c_k; ours are indexed k - 1
+        scse, gate = f"decoder.skip_scse.{level - 1}", f"decoder.skip_gates.{level - 1}"
+        rules += [(rf"decoder\.cam{level}\.cse\.fc1\.(weight|bias)", rf"{scse}.channel_squeeze.\1"),
+                  (rf"decoder\.cam{level}\.cse\.fc2\.(weight|bias)", rf"{scse}.channel_excite.\1"),
+                  (rf"decoder\.cam{level}\.sse\.conv\.(weight|bias)", rf"{scse}.spatial_squeeze.\1"),
+                  (rf"decoder\.ag{level}\.theta_x\.weight", f"{gate}.theta.weight"),
+                  (rf"decoder\.ag{level}\.phi_g\.weight", f"{gate}.phi.weight"),
+                  (rf"decoder\.ag{level}\.psi\.(weight|bias)", rf"{gate}.psi.\1"),
+                  (rf"decoder\.lat{level}\.weight", f"decoder.laterals.{level - 1}.weight"),
+                  (rf"decoder\.smooth{level}\.dw\.weight", f"decoder.smooth.{level - 1}.depthwise.weight"),
+                  (rf"decoder\.smooth{level}\.pw\.weight", f"decoder.smooth.{level - 1}.pointwise.weight")]
+    return rules
+
+
+def convert_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict of the original SegFormer3D variant (github.com/KyriakiKolpetinou/PancreasTumorSegmentation,
+    ``models/segformer3d_variant.py``, ``SegFormer3D`` with default arguments but any ``in_channels`` and
+    ``num_classes``) as one of ``SegFormer3DVariant`` with the same input channels and classes.
+
+    Names follow a table of rules, one per original layer. One layout changes: the fuse layer's 1×1 convolution
+    reads [P1, P2, P3, P4] here and [P4, P3, P2, P1] in the original, so the four input-channel blocks of its
+    weight are reversed. The result loads strictly (the original has both heads).
+
+    Raises:
+        KeyError: a key of the original that has no counterpart here (naming it).
+    """
+    converted = rename_keys(state_dict, _original_segformer3d_rules(), "SegFormer3D variant")
+    fuse = "decoder.fuse.0.weight"
+    if fuse in converted:
+        weight = converted[fuse]
+        levels = 4  # the original always fuses four levels
+        blocks = weight.reshape(weight.shape[0], levels, weight.shape[1] // levels, *weight.shape[2:])
+        converted[fuse] = blocks.flip(1).reshape(weight.shape)
+    return converted
