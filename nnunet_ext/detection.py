@@ -21,8 +21,14 @@ side counts as present from 20 mL of kidney (its tumours included), a lesion fro
 
 Outputs, in ``OUT/<case>/``: ``segmentation.nii.gz`` (0 background, 1 kidney, 2 tumour; the input's geometry),
 ``report.json`` and ``<case>_<side>.png`` for each side with a lesion; ``OUT/summary.csv`` has one row per case and
-side, for every case folder in OUT. Each case is written to a hidden staging folder and renamed when complete, so a
-crash never leaves a case folder that looks finished.
+side, for every case folder in OUT. Each case is written to a hidden staging folder and moved in when complete
+(report.json last), so a crash never leaves a case folder that looks finished; ``--overwrite`` replaces only these
+files, never other files in a case folder. A rerun keeps the cases that have results and adds the others, and
+summary.csv is rewritten even when a run fails or is interrupted (Ctrl-C, SIGTERM).
+
+Every check runs before the first prediction: thresholds (finite, >= 0), models, every input case from its
+headers (3D and scalar, the model's channels on one grid, DICOM files readable, one series chosen without a tie)
+and whether the output folder can be written.
 """
 from __future__ import annotations
 
@@ -76,6 +82,8 @@ REPORT_FILE = "report.json"
 SUMMARY_FILE = "summary.csv"
 SUMMARY_COLUMNS = ("case", "side", "verdict", "kidney_ml", "kidney_present", "lesions", "largest_lesion_ml",
                    "total_lesion_ml", "max_mean_probability", "picture")
+# endings of image files that are not DICOM, for the hint about nnU-Net's naming
+IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".tif", ".tiff")
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\..+)$")
 
 
@@ -119,6 +127,7 @@ class DetectionCase:
     kind: str  # "dicom" or "images"
     sources: list[Path]
     series_uid: str | None = None
+    skip_unreadable: bool = False
 
 
 @dataclass
@@ -242,11 +251,13 @@ def check_model(spec: ModelSpec, labels: dict[str, int]) -> ModelInfo:
 
 
 def collect_cases(input_path: str | os.PathLike, num_channels: int, file_ending: str,
-                  series_uid: str | None = None) -> list[DetectionCase]:
+                  series_uid: str | None = None, skip_unreadable: bool = False) -> list[DetectionCase]:
     """The cases of ``-i``: a DICOM series folder, a folder of such folders, a folder of nnU-Net-named images
-    (``CASE_0000.nii.gz``, ...), or one such image file. Every case is checked to be 3D with the model's channels.
+    (``CASE_0000.nii.gz``, ...), or one such image file. Every case is checked from its headers (3D, the model's
+    channels, every DICOM file readable) before any prediction.
 
-    Raises FileNotFoundError, ValueError (2D, wrong channels, duplicate names) or dicom.DicomError.
+    Raises FileNotFoundError, ValueError (2D or 4D, wrong channels, duplicate names, images not in nnU-Net's naming)
+    or dicom.DicomError.
     """
     path = Path(input_path)
     if not path.exists():
@@ -257,12 +268,11 @@ def collect_cases(input_path: str | os.PathLike, num_channels: int, file_ending:
             raise ValueError(f"{path.name} is not in nnU-Net's naming (CASE_0000{file_ending}); rename it, or give "
                              "its DICOM series folder.")
         cases = _image_cases(path.parent, file_ending, only=match["case"])
-    elif dicom.list_series(path):
-        cases = [DetectionCase(dicom.case_name(path), "dicom", [path], series_uid)]
-    elif any(_CHANNEL_FILE.match(p.name) for p in path.glob(f"*{file_ending}")):
+    elif not dicom.list_series(path) and any(_CHANNEL_FILE.match(p.name) for p in path.glob(f"*{file_ending}")):
         cases = _image_cases(path, file_ending)
     else:
-        cases = [DetectionCase(name, "dicom", [folder], series_uid) for name, folder in dicom.find_dicom_cases(path)]
+        cases = [DetectionCase(name, "dicom", [folder], series_uid, skip_unreadable)
+                 for name, folder in _dicom_cases(path, file_ending)]
 
     names = [case.name for case in cases]
     if len(set(names)) != len(names):
@@ -271,6 +281,20 @@ def collect_cases(input_path: str | os.PathLike, num_channels: int, file_ending:
     for case in cases:
         _check_case(case, num_channels, file_ending)
     return cases
+
+
+def _dicom_cases(path: Path, file_ending: str) -> list[tuple[str, Path]]:
+    """dicom.find_dicom_cases, saying what naming images need when the folder holds images but no DICOM."""
+    try:
+        return dicom.find_dicom_cases(path)
+    except dicom.DicomError as error:
+        images = sorted(p.name for p in path.iterdir() if p.is_file() and p.name.endswith(IMAGE_ENDINGS))
+        if not images:
+            raise
+        raise ValueError(f"{path} holds no DICOM series, and its image file(s) ({', '.join(images[:3])}"
+                         f"{' ...' if len(images) > 3 else ''}) are not in nnU-Net's naming: name them CASE_0000"
+                         f"{file_ending} (the case name, then _0000 for the first channel, _0001 for the next, in "
+                         "the model's file ending), or give the DICOM series folder.") from error
 
 
 def _image_cases(folder: Path, file_ending: str, only: str | None = None) -> list[DetectionCase]:
@@ -288,44 +312,53 @@ def _check_case(case: DetectionCase, num_channels: int, file_ending: str) -> Non
             raise ValueError(f"The model expects {num_channels} channels, a DICOM series gives 1. Convert the "
                              f"series with nnunet-ext dicom2nifti and give all channels as {case.name}_0000"
                              f"{file_ending}, {case.name}_0001{file_ending}, ...")
-        series = dicom.list_series(case.sources[0])  # largest first, as read_dicom_series chooses
-        named = [s for s in series if s.uid == case.series_uid]
-        if case.series_uid and not named:
-            raise dicom.DicomError(f"Series {case.series_uid} is not in {case.sources[0]}; it holds "
-                                   f"{', '.join(s.uid for s in series)}.")
-        chosen = (named or series)[0]
-        if len(chosen.files) < 2:
-            raise ValueError(f"Case {case.name}: series {chosen.uid} has a single slice (a 2D image); detection "
-                             "needs a 3D volume, i.e. the whole series.")
+        found = dicom.inspect_series(case.sources[0], case.series_uid, case.skip_unreadable, log=lambda m: None)
+        if len(found.files) < 2:
+            raise ValueError(f"Case {case.name}: series {found.series.uid or '(no Series Instance UID)'} has a "
+                             "single slice (a 2D image); detection needs a 3D volume, i.e. the whole series.")
         return
     numbers = [int(_CHANNEL_FILE.match(f.name)["channel"]) for f in case.sources]
     if numbers != list(range(num_channels)):
         raise ValueError(f"Case {case.name} has channel files {numbers}, the model expects "
                          f"{list(range(num_channels))} ({case.name}_0000{file_ending} ...).")
+    sizes = []
     for file in case.sources:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(file))
         reader.ReadImageInformation()
-        if reader.GetDimension() != 3 or min(reader.GetSize()) < 2:
-            raise ValueError(f"{file.name} is a 2D image (size {reader.GetSize()}); detection needs a 3D volume.")
+        _check_volume(file.name, reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents())
+        sizes.append(reader.GetSize())
+    for file, size in zip(case.sources[1:], sizes[1:]):
+        if size != sizes[0]:
+            raise ValueError(f"{file.name} has size {size}, channel 0 {sizes[0]}: all channels of a case must share "
+                             "one grid.")
+
+
+def _check_volume(name: str, dimension: int, size: Sequence[int], components: int) -> None:
+    """One scalar 3D volume per channel file."""
+    if components > 1:
+        raise ValueError(f"{name} has {components} components per voxel (a vector or RGB image); detection needs "
+                         "one value per voxel: store each component as its own channel file (CASE_0000, "
+                         "CASE_0001, ...) for a model trained with those channels.")
+    if dimension != 3 or min(size) < 2:
+        kind = "2D" if dimension < 3 or min(size) < 2 else f"{dimension}D"
+        fix = ("split it into one 3D file per channel (CASE_0000, CASE_0001, ...)" if dimension > 3
+               else "give the whole series or volume")
+        raise ValueError(f"{name} is a {kind} image (size {tuple(size)}); detection needs a 3D volume: {fix}.")
 
 
 def load_case(case: DetectionCase, log: Callable[[str], None] = print) -> tuple[list[sitk.Image], dict]:
     """The case's channel images (same grid) and what the report says about the input."""
     if case.kind == "dicom":
-        volume = dicom.read_dicom_series(case.sources[0], case.series_uid, log)
+        volume = dicom.read_dicom_series(case.sources[0], case.series_uid, log, case.skip_unreadable)
         info = {"kind": "dicom", "path": str(volume.folder), "series_uid": volume.series_uid,
                 "files": volume.num_files, "modality": volume.modality, "warnings": volume.warnings}
         images = [volume.image]
     else:
         images = [sitk.ReadImage(str(f)) for f in case.sources]
         info = {"kind": "images", "path": [str(f) for f in case.sources], "warnings": []}
-        for file, image in zip(case.sources[1:], images[1:]):
-            if image.GetSize() != images[0].GetSize():
-                raise ValueError(f"{file.name} has size {image.GetSize()}, channel 0 {images[0].GetSize()}: all "
-                                 "channels of a case must share one grid.")
-    if images[0].GetDimension() != 3 or min(images[0].GetSize()) < 2:
-        raise ValueError(f"Case {case.name} is a 2D image (size {images[0].GetSize()}); detection needs a 3D volume.")
+    _check_volume(f"Case {case.name}", images[0].GetDimension(), images[0].GetSize(),
+                  images[0].GetNumberOfComponentsPerPixel())
     return images, info
 
 
@@ -529,21 +562,17 @@ class DetectionSettings:
     series_uid: str | None = None
     crop_margin_mm: float = DEFAULT_CROP_MARGIN_MM
     overwrite: bool = False
+    skip_unreadable: bool = False
 
 
 def run_detection(input_path: str | os.PathLike, output_dir: str | os.PathLike, settings: DetectionSettings,
                   log: Callable[[str], None] = print) -> list[dict]:
     """Detect on every case of ``input_path``; writes ``output_dir/<case>/`` and ``output_dir/summary.csv`` and
-    returns the summary rows. Every check of the input, models and output runs before the first prediction."""
-    import torch
-
+    returns the summary rows. Every check of the settings, models, input cases and output folder runs before the
+    first prediction. Cases that already have results are kept and skipped unless ``settings.overwrite``, so a rerun
+    adds what an interrupted or failed run left out; summary.csv lists every finished case whatever happens."""
     output_dir = Path(output_dir)
-    if settings.kidney_min_ml < 0 or settings.tumor_min_ml < 0:
-        raise ValueError("Thresholds are volumes in mL and cannot be negative.")
-    if settings.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda, but torch sees no CUDA device; use --device cpu.")
-    if settings.device == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError("--device mps, but torch sees no MPS device; use --device cpu.")
+    _check_settings(settings)
     if settings.kidney_model is None:
         if settings.kidney_label == settings.tumor_label:
             raise ValueError(f"--kidney-label and --tumor-label are both {settings.kidney_label}; one model needs a "
@@ -556,32 +585,59 @@ def run_detection(input_path: str | os.PathLike, output_dir: str | os.PathLike, 
         if kidney_model.num_channels != tumour_model.num_channels:
             raise ValueError(f"The kidney model takes {kidney_model.num_channels} channels, the tumour model "
                              f"{tumour_model.num_channels}; both must read the same images.")
-    cases = collect_cases(input_path, tumour_model.num_channels, tumour_model.file_ending, settings.series_uid)
-    _refuse_existing_output(output_dir, cases, settings.overwrite)
-
-    predictors = {role: _make_predictor(model.spec, settings) for role, model in
-                  (("kidney", kidney_model), ("tumour", tumour_model)) if model is not None}
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for index, case in enumerate(cases, start=1):
-        started = time.time()
-        log(f"[{index}/{len(cases)}] {case.name}: reading {case.kind} ...")
-        report = _detect_case(case, output_dir, settings, tumour_model, kidney_model, predictors, log)
-        for side in SIDES:
-            log(f"[{index}/{len(cases)}] {case.name} {side}: {_side_line(report['sides'][side])}")
-        log(f"[{index}/{len(cases)}] {case.name}: done in {time.time() - started:.1f} s -> {output_dir / case.name}")
-    rows = _write_summary(output_dir)
-    log(f"Wrote {len(cases)} case(s) and {output_dir / SUMMARY_FILE} ({len(rows) // len(SIDES)} case(s) in all)")
+    cases = collect_cases(input_path, tumour_model.num_channels, tumour_model.file_ending, settings.series_uid,
+                          settings.skip_unreadable)
+    todo = _cases_to_run(output_dir, cases, settings.overwrite, log)
+    dicom.require_writable_folder(output_dir)
+    with dicom.stop_signals_raise():
+        try:
+            predictors = {role: _make_predictor(model.spec, settings) for role, model in
+                          (("kidney", kidney_model), ("tumour", tumour_model)) if model is not None and todo}
+            for index, case in enumerate(todo, start=1):
+                position = f"[{index}/{len(todo)}] {case.name}"
+                started = time.time()
+                log(f"{position}: reading {case.kind} ...")
+                report = _detect_case(case, output_dir, settings, tumour_model, kidney_model, predictors, log)
+                for side in SIDES:
+                    log(f"{position} {side}: {_side_line(report['sides'][side])}")
+                log(f"{position}: done in {time.time() - started:.1f} s -> {output_dir / case.name}")
+        finally:  # the cases finished so far, also after a failure or an interruption
+            rows = _write_summary(output_dir)
+            missing = [case for case in todo if not (output_dir / case.name / REPORT_FILE).is_file()]
+            log(f"Wrote {len(todo) - len(missing)} case(s) and {output_dir / SUMMARY_FILE} ({len(rows) // len(SIDES)} "
+                "case(s) in all)" + (f"; {len(missing)} case(s) not done: run the same command again to add them "
+                                     "(finished cases are kept)" if missing else ""))
     return rows
 
 
-def _refuse_existing_output(output_dir: Path, cases: list[DetectionCase], overwrite: bool) -> None:
-    existing = [output_dir / c.name for c in cases if (output_dir / c.name).exists()]
-    if (output_dir / SUMMARY_FILE).exists():
-        existing.append(output_dir / SUMMARY_FILE)
-    if existing and not overwrite:
-        raise FileExistsError(f"{output_dir} already holds results ({', '.join(p.name for p in existing[:5])}"
-                              f"{' ...' if len(existing) > 5 else ''}). Pass --overwrite to replace them, or choose "
-                              "another output folder.")
+def _check_settings(settings: DetectionSettings) -> None:
+    import torch
+
+    for option, value, unit in (("--kidney-min-ml", settings.kidney_min_ml, "a volume in mL"),
+                                ("--tumor-min-ml", settings.tumor_min_ml, "a volume in mL"),
+                                ("--crop-margin-mm", settings.crop_margin_mm, "a distance in mm")):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{option} {value}: give a finite number >= 0 ({unit}).")
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda, but torch sees no CUDA device; use --device cpu.")
+    if settings.device == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError("--device mps, but torch sees no MPS device; use --device cpu.")
+
+
+def _cases_to_run(output_dir: Path, cases: list[DetectionCase], overwrite: bool,
+                  log: Callable[[str], None]) -> list[DetectionCase]:
+    """The cases to predict: without ``overwrite`` those with results (a report.json) are kept and skipped."""
+    for case in cases:
+        folder = output_dir / case.name
+        if folder.exists() and not folder.is_dir():
+            raise FileExistsError(f"{folder} is a file, where detect writes case {case.name}'s folder. Move it, or "
+                                  "choose another output folder.")
+    done = [case for case in cases if (output_dir / case.name / REPORT_FILE).is_file()]
+    if not done or overwrite:
+        return cases
+    log(f"{len(done)} of {len(cases)} case(s) already have results in {output_dir}, kept and skipped: "
+        f"{', '.join(c.name for c in done[:5])}{' ...' if len(done) > 5 else ''}. Pass --overwrite to replace them.")
+    return [case for case in cases if case not in done]
 
 
 def _make_predictor(spec: ModelSpec, settings: DetectionSettings):
@@ -677,14 +733,23 @@ def _detect_case(case: DetectionCase, output_dir: Path, settings: DetectionSetti
 
 
 def _publish(staging: Path, target: Path) -> None:
-    """Rename the complete staging folder to ``target``; an older ``target`` goes only once the new one is there."""
-    retired = None
-    if target.exists():
-        retired = target.with_name(f".{target.name}.replaced-{uuid.uuid4().hex[:8]}")
-        os.replace(target, retired)
-    os.replace(staging, target)
-    if retired is not None:
-        shutil.rmtree(retired, ignore_errors=True)
+    """Move the complete staging folder's files into ``target``, replacing only what detect writes there: other
+    files of the folder stay. report.json goes first and comes back last, so a folder without it is unfinished."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    if (target / REPORT_FILE).exists():
+        os.remove(target / REPORT_FILE)
+    new = {file.name for file in staging.iterdir()}
+    for old in target.iterdir():
+        if old.name not in new and old.is_file() and _written_by_detect(old.name, target.name):
+            os.remove(old)  # a picture of a side that has no lesion now
+    for name in sorted(new - {REPORT_FILE}) + [REPORT_FILE]:
+        os.replace(staging / name, target / name)
+
+
+def _written_by_detect(name: str, case: str) -> bool:
+    return name in (SEGMENTATION_FILE, REPORT_FILE) or name in (f"{case}_{side}.png" for side in SIDES)
 
 
 def _report(case: DetectionCase, input_info: dict, reference: sitk.Image, settings: DetectionSettings,

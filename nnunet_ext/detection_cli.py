@@ -42,7 +42,11 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the Series Instance UID to read when a folder holds several (default: the largest)")
     parser.add_argument("--crop-margin-mm", type=float, default=20.0,
                         help="two-stage setup: margin around the kidneys for the tumour model")
-    parser.add_argument("--overwrite", action="store_true", help="replace results already in the output folder")
+    parser.add_argument("--skip-unreadable", action="store_true",
+                        help="go on without DICOM files that cannot be read (each is named in a warning and the "
+                             "report); by default they stop the run")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results of cases already in the output folder (default: keep and skip them)")
 
 
 def run_detect(args: argparse.Namespace) -> None:
@@ -55,7 +59,7 @@ def run_detect(args: argparse.Namespace) -> None:
         kidney_model=_folder_spec(args.kidney_model, args.kidney_folds, args.checkpoint) if args.kidney_model else None,
         kidney_label=args.kidney_label, tumor_label=args.tumor_label, device=args.device or _default_device(),
         use_mirroring=not args.disable_tta, series_uid=args.series_uid, crop_margin_mm=args.crop_margin_mm,
-        overwrite=args.overwrite, **thresholds)
+        overwrite=args.overwrite, skip_unreadable=args.skip_unreadable, **thresholds)
     detection.run_detection(args.input, args.output, settings)
 
 
@@ -95,6 +99,8 @@ def add_dicom2nifti_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the Series Instance UID to read when a folder holds several (default: the largest)")
     parser.add_argument("--nnunet-names", action="store_true",
                         help="name the files <case>_0000.nii.gz, ready as nnU-Net input")
+    parser.add_argument("--skip-unreadable", action="store_true",
+                        help="go on without DICOM files that cannot be read (each is named in a warning)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
@@ -102,5 +108,5 @@ def run_dicom2nifti(args: argparse.Namespace) -> None:
     from nnunet_ext.dicom import dicom_to_nifti
 
     written = dicom_to_nifti(args.input, args.output, series_uid=args.series_uid, overwrite=args.overwrite,
-                             nnunet_names=args.nnunet_names)
+                             nnunet_names=args.nnunet_names, skip_unreadable=args.skip_unreadable)
     print(f"Wrote {len(written)} file(s) to {args.output}")

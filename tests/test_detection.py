@@ -4,6 +4,9 @@ by nnU-Net's own commands, on a DICOM series and on nnU-Net-named images, plus i
 import csv
 import json
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -301,24 +304,122 @@ def test_two_stage_kidney_model_then_tumour_model_on_a_crop(trained_model, detec
     assert not outside.any()
 
 
-def test_existing_results_are_kept_unless_overwrite(trained_model, detections, monkeypatch, capsys,
-                                                    single_thread_torch):
+def test_existing_results_are_kept_unless_overwrite_which_replaces_only_detects_files(
+        trained_model, detections, monkeypatch, capsys, single_thread_torch):
     env, dataset = trained_model
     output = detections["images"]
     report = output / "case_002" / "report.json"
     before = report.read_text()
+    (output / "case_002" / "my_notes.txt").write_text("the user's own file")
 
-    code, error = _detect(["-i", str(dataset / "imagesTs"), "-o", str(output), *DETECT, *LOOSE], env,
-                          monkeypatch, capsys)
-    assert code == 2 and "already holds results" in error and "--overwrite" in error
+    monkeypatch.setenv("nnUNet_results", env["nnUNet_results"])
+    assert cli.main(["detect", "-i", str(dataset / "imagesTs"), "-o", str(output), *DETECT, *LOOSE]) == 0
+    out = capsys.readouterr().out
+    assert "2 of 2 case(s) already have results" in out and "--overwrite" in out and "[1/" not in out
     assert report.read_text() == before
 
-    code, _ = _detect(["-i", str(dataset / "imagesTs" / "case_002_0000.nii.gz"), "-o", str(output), *DETECT,
-                       "--overwrite"], env, monkeypatch, capsys)
-    assert code == 0
+    code, error = _detect(["-i", str(dataset / "imagesTs" / "case_002_0000.nii.gz"), "-o", str(output), *DETECT,
+                           "--overwrite"], env, monkeypatch, capsys)
+    assert code == 0, error
     rewritten = json.loads(report.read_text())
     assert rewritten["thresholds"]["kidney_min_ml"] == KIDNEY_MIN_ML  # the new run's defaults
+    assert (output / "case_002" / "my_notes.txt").read_text() == "the user's own file"
+    pictures = {side["picture"]["file"] for side in rewritten["sides"].values() if side["picture"]}
+    assert {p.name for p in (output / "case_002").glob("*.png")} == pictures  # no picture of the old run left
     assert (output / "case_003" / "report.json").is_file()  # a case not in the new run stays, and in the summary
     with open(output / "summary.csv") as handle:
         assert [row["case"] for row in csv.DictReader(handle)] == ["case_002"] * 2 + ["case_003"] * 2
     assert not [p for p in output.iterdir() if p.name.startswith(".")]
+
+
+def test_detect_refuses_bad_values_images_and_outputs_before_predicting(trained_model, tmp_path, monkeypatch,
+                                                                         capsys):
+    env, dataset = trained_model
+    images = str(dataset / "imagesTs")
+    out = tmp_path / "out"
+    for option, value in (("--kidney-min-ml", "nan"), ("--tumor-min-ml", "inf"), ("--kidney-min-ml", "-1")):
+        code, error = _detect(["-i", images, "-o", str(out), *DETECT, option, value], env, monkeypatch, capsys)
+        assert code == 2 and f"{option} {float(value)}: give a finite number >= 0" in error
+
+    four_d, vector, misnamed = (tmp_path / name for name in ("four_d", "vector", "misnamed"))
+    for folder in (four_d, vector, misnamed):
+        folder.mkdir()
+    sitk.WriteImage(sitk.Image([16, 16, 8, 2], sitk.sitkInt16), str(four_d / "case_0000.nii.gz"))
+    sitk.WriteImage(sitk.Image([16, 16, 8], sitk.sitkVectorInt16, 3), str(vector / "case_0000.nii.gz"))
+    sitk.WriteImage(sitk.Image([16, 16, 8], sitk.sitkInt16), str(misnamed / "scan.nii.gz"))
+    expected = {four_d: "is a 4D image (size (16, 16, 8, 2)); detection needs a 3D volume: split it",
+                vector: "has 3 components per voxel (a vector or RGB image)",
+                misnamed: "(scan.nii.gz) are not in nnU-Net's naming: name them CASE_0000.nii.gz"}
+    for folder, message in expected.items():
+        code, error = _detect(["-i", str(folder), "-o", str(out), *DETECT], env, monkeypatch, capsys)
+        assert code == 2 and message in error, error
+
+    stray = tmp_path / "stray"
+    files = write_series(sitk.ReadImage(str(dataset / "imagesTs" / "case_002_0000.nii.gz")), stray / "patient")
+    (stray / "IM9999.dcm").write_bytes(files[0].read_bytes())
+    code, error = _detect(["-i", str(stray), "-o", str(out), *DETECT], env, monkeypatch, capsys)
+    assert code == 2 and "holds DICOM file(s) of its own (IM9999.dcm)" in error and "(patient)" in error
+    assert not out.exists()
+
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("nnUNet_results", env["nnUNet_results"])
+    assert cli.main(["detect", "-i", images, "-o", str(tmp_path / "a_file" / "out"), *DETECT]) == 2
+    captured = capsys.readouterr()
+    assert "Cannot write to the output folder" in captured.err and "reading" not in captured.out
+
+
+def test_an_unreadable_slice_stops_a_batch_before_any_prediction(trained_model, tmp_path, monkeypatch, capsys,
+                                                                 single_thread_torch):
+    env, dataset = trained_model
+    image = sitk.ReadImage(str(dataset / "imagesTs" / "case_002_0000.nii.gz"))
+    write_series(image, tmp_path / "batch" / "patient_a", slope=1.0, intercept=-1024.0)
+    broken = write_series(image, tmp_path / "batch" / "patient_b", slope=1.0, intercept=-1024.0)[0]
+    broken.write_bytes(broken.read_bytes()[:-100])
+    output = tmp_path / "out"
+
+    monkeypatch.setenv("nnUNet_results", env["nnUNet_results"])
+    assert cli.main(["detect", "-i", str(tmp_path / "batch"), "-o", str(output), *DETECT, *LOOSE]) == 2
+    captured = capsys.readouterr()
+    assert f"patient_b cannot be read as DICOM (truncated or corrupt): {broken.name}" in captured.err
+    assert "--skip-unreadable" in captured.err and "[1/" not in captured.out and not output.exists()
+
+    code, error = _detect(["-i", str(tmp_path / "batch" / "patient_b"), "-o", str(output), *DETECT, *LOOSE,
+                           "--skip-unreadable"], env, monkeypatch, capsys)
+    assert code == 0, error
+    read = json.loads((output / "patient_b" / "report.json").read_text())["input"]
+    assert read["files"] == SHAPE[0] - 1
+    assert f"skipped unreadable file {broken.name} (truncated or corrupt)" in read["warnings"]
+
+
+INTERRUPTED_DETECTION = """
+import os, signal, sys
+from nnunet_ext import cli, detection
+
+publish = detection._publish
+def publish_then_stop(staging, target):  # SIGTERM once the first case is complete
+    publish(staging, target)
+    os.kill(os.getpid(), signal.SIGTERM)
+detection._publish = publish_then_stop
+sys.exit(cli.main(["detect", *sys.argv[1:]]))
+"""
+
+
+def test_an_interrupted_batch_keeps_its_cases_in_the_summary_and_a_rerun_adds_the_rest(
+        trained_model, tmp_path, monkeypatch, capsys, single_thread_torch):
+    env, dataset = trained_model
+    output = tmp_path / "out"
+    arguments = ["-i", str(dataset / "imagesTs"), "-o", str(output), *DETECT, *LOOSE]
+    stopped = subprocess.run([sys.executable, "-c", INTERRUPTED_DETECTION, *arguments], env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    assert "1 case(s) not done: run the same command again to add them" in stopped.stdout
+    assert sorted(p.name for p in output.iterdir()) == ["case_002", "summary.csv"]  # no staging folder left
+    with open(output / "summary.csv") as handle:
+        assert [row["case"] for row in csv.DictReader(handle)] == ["case_002"] * 2
+    first = (output / "case_002" / "report.json").read_text()
+
+    code, error = _detect(arguments, env, monkeypatch, capsys)  # no --overwrite needed to add the missing case
+    assert code == 0, error
+    assert (output / "case_002" / "report.json").read_text() == first
+    with open(output / "summary.csv") as handle:
+        assert [row["case"] for row in csv.DictReader(handle)] == ["case_002"] * 2 + ["case_003"] * 2
