@@ -12,20 +12,15 @@ A residual CNN encoder-decoder (depthwise-separable convolutions, InstanceNorm +
 
 Re-implemented from a written description of the original: the same parameter tensors (names are our own)
 except the original's 32,787 never-used ones (unused shortcut convolutions and PReLU slopes, which break DDP).
-Differences, all documented where they occur:
-  * the original runs only at 128³ because the tri-planar fold convolutions have C·S input channels; here the
-    patch size is a constructor argument (see ``S2CANet``);
-  * the deformable convolution samples all taps with one ``grid_sample`` (zero outside the volume) instead of
-    gathering 8 neighbours per tap (clamped/snapped at the border);
-  * with deep supervision the heads keep their native resolutions (nnU-Net downsamples the targets) instead of
-    being upsampled to the input size;
-  * the attention gates' ψ convolution has a bias (``blocks.AttentionGate``), 3 parameters the original lacks; the
-    BatchNorm right after it makes the bias irrelevant.
+``convert_original_state_dict`` loads the original's weights. The differences from the original, with their
+measured effect on the outputs, are listed in ``S2CANet``'s docstring; ``S2CANet(..., original_compatible=True)``
+computes what the original computes (the same outputs to float32 rounding).
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +28,7 @@ from torch import nn
 
 from .blocks import AttentionGate, AttentiveDeformableConv, ChannelGate, InstanceNorm, SpatialAttentionMap
 from .blocks import depthwise_conv
+from .weight_conversion import RenameRule, rename_keys
 
 Size3D = tuple[int, int, int]
 
@@ -98,7 +94,8 @@ class MetaFormerBlock2D(nn.Module):
 
     Mixer = CBAM channel attention (avg + max, ratio 16) → CBAM spatial attention (7×7) → 1×1 conv (bias);
     MLP = 1×1 conv E→4E → GELU → 1×1 conv 4E→E; GN = GroupNorm with one group; γ = per-channel layer scale
-    initialised to 1e-5. No drop-path.
+    initialised to 1e-5. No drop-path. Initialised as the original (PoolFormer's rule): the MLP's convolutions and
+    the channel attention's linear layers truncated normal (std 0.02) with zero biases, the rest PyTorch's default.
 
     Args:
         dim: E.
@@ -119,6 +116,10 @@ class MetaFormerBlock2D(nn.Module):
         self.mlp = nn.Sequential(nn.Conv2d(dim, mlp_ratio * dim, 1), nn.GELU(), nn.Conv2d(mlp_ratio * dim, dim, 1))
         self.layer_scale1 = nn.Parameter(torch.full((dim, 1, 1), layer_scale_init))
         self.layer_scale2 = nn.Parameter(torch.full((dim, 1, 1), layer_scale_init))
+        for layer in (self.channel_attention.mlp[0], self.channel_attention.mlp[2], self.mlp[0], self.mlp[2]):
+            nn.init.trunc_normal_(layer.weight, std=0.02)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mixed = self.channel_attention(self.norm1(x))
@@ -324,6 +325,10 @@ class TriPlanarAxialShiftMLP(nn.Module):
     ``drop_path``), 1×1 conv E→C (bias). The three results are concatenated (3C) → 1×1×1 conv → C' (bias).
     Works at any size (the original asserts 16×16 planes, which its ops do not need).
 
+    The original returns the planes of axis 1 (its H-D planes) with axes 0 and 1 swapped: it un-permutes them
+    with ``reshape(B, W, C, H, D).permute(0, 2, 1, 3, 4)``, which only fits because its size is cubic. Here each
+    plane goes back to its own position; ``original_compatible=True`` swaps as the original does.
+
     Args:
         in_channels: C.
         out_channels: C'.
@@ -331,14 +336,16 @@ class TriPlanarAxialShiftMLP(nn.Module):
         depth: axial-shift blocks.
         shift: channel groups of the shifts.
         drop_path: drop-path rate of the last block.
+        original_compatible: return the axis-1 planes with axes 0 and 1 swapped, as the original (needs S0 = S1).
 
     Shapes:
         (B, C, S0, S1, S2) → (B, C', S0, S1, S2).
     """
 
     def __init__(self, in_channels: int, out_channels: int, embed_dim: int = 128, depth: int = 4, shift: int = 5,
-                 drop_path: float = 0.1) -> None:
+                 drop_path: float = 0.1, original_compatible: bool = False) -> None:
         super().__init__()
+        self.original_compatible = original_compatible
         self.embed = nn.Conv2d(in_channels, embed_dim, 1)
         self.embed_norm = nn.GroupNorm(1, embed_dim)
         rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
@@ -356,6 +363,11 @@ class TriPlanarAxialShiftMLP(nn.Module):
             planes = self.project(self.blocks(self.embed_norm(self.embed(planes))))
             planes = planes.view(batch, moved.shape[1], channels, *moved.shape[3:])
             volumes.append(planes.permute(_restore_order(axis, moved_to=1, channel_position=2)))
+        if self.original_compatible:
+            if x.shape[2] != x.shape[3]:
+                raise ValueError(f"original_compatible swaps spatial axes 0 and 1 of a plane stack, which needs "
+                                 f"them of equal size; got {tuple(x.shape[2:])}")
+            volumes[1] = volumes[1].transpose(2, 3)
         return self.fuse(torch.cat(volumes, dim=1))
 
 
@@ -368,12 +380,14 @@ class MultiLevelContextAggregator(nn.Module):
     Args:
         channels: (C0, C1, C2, C3) of the encoder levels.
         embed_dim, depth, shift: of the VAS-MLP.
+        original_compatible: the VAS-MLP's swapped axis-1 planes of the original (``TriPlanarAxialShiftMLP``).
 
     Shapes:
         x0..x3 at strides 1, 2, 4, 8 → (B, C3, size of x3).
     """
 
-    def __init__(self, channels: Sequence[int], embed_dim: int, depth: int, shift: int) -> None:
+    def __init__(self, channels: Sequence[int], embed_dim: int, depth: int, shift: int,
+                 original_compatible: bool = False) -> None:
         super().__init__()
         levels = len(channels) - 1
         self.down = nn.ModuleList(nn.Conv3d(c, c, 2 ** (levels - i), 2 ** (levels - i))
@@ -382,7 +396,8 @@ class MultiLevelContextAggregator(nn.Module):
         self.squeeze_excite = ChannelGate(total, 16, pools=("avg",), bias=False)
         self.conv_branch = nn.Sequential(ResBlock(total, channels[-1]), ResBlock(channels[-1], channels[-1]))
         self.spatial_attention = SpatialAttentionMap(nn.Conv3d, 1)
-        self.mlp_branch = TriPlanarAxialShiftMLP(total, channels[-1], embed_dim, depth, shift)
+        self.mlp_branch = TriPlanarAxialShiftMLP(total, channels[-1], embed_dim, depth, shift,
+                                                 original_compatible=original_compatible)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         merged = torch.cat([down(f) for down, f in zip(self.down, features[:-1])] + [features[-1]], dim=1)
@@ -401,19 +416,21 @@ class MultiScaleAttentiveDeformableConv(nn.Module):
     Args:
         channels: (C0, C1, C2) of encoder levels 0-2.
         reduction: input channels / sampled channels of the deformable conv (8 sampled channels in S2CA-Net).
+        original_compatible: the original's border rule in the deformable convolution (``border="floor"``).
 
     Shapes:
         x0, x1, x2 at strides 1, 2, 4 → the refined x0, x1, x2 (same shapes).
     """
 
-    def __init__(self, channels: Sequence[int], reduction: int = 12) -> None:
+    def __init__(self, channels: Sequence[int], reduction: int = 12, original_compatible: bool = False) -> None:
         super().__init__()
         c0, c1, c2 = channels
         mixed = 3 * c1
         self.from_level0 = nn.Conv3d(c0, c1, 3, 2, 1)
         self.from_level2 = nn.ConvTranspose3d(c2, c1, 2, 2)
         self.squeeze_excite = ChannelGate(mixed, 16, pools=("avg",), bias=False)
-        self.deformable = AttentiveDeformableConv(nn.Conv3d, mixed, mixed, 3, reduction)
+        self.deformable = AttentiveDeformableConv(nn.Conv3d, mixed, mixed, 3, reduction,
+                                                  border="floor" if original_compatible else "zeros")
         self.to_level0 = nn.ConvTranspose3d(mixed, c0, 2, 2)
         self.to_level1 = nn.Conv3d(mixed, c1, 1)
         self.to_level2 = nn.Conv3d(mixed, c2, 2, 2)
@@ -535,6 +552,9 @@ class S2CANet(nn.Module):
             original passes its ``layers=[4, 2]`` to the decoder only; the encoder keeps its own default [6, 2]).
         mlp_embed_dim, mlp_depth, mlp_shift: VAS-MLP width, depth and shift groups.
         deformable_reduction: MS-ADC input channels / sampled channels.
+        original_compatible: compute exactly what the original code computes where this implementation
+            deliberately differs (see "Differences from the original" below; the state dict is the same). Needs a
+            cubic patch, the only size the original runs at.
 
     Shapes:
         input (B, input_channels, D, H, W) with each axis at most ``patch_size``.
@@ -542,6 +562,31 @@ class S2CANet(nn.Module):
         True → [finest (B, K, D, H, W), (B, K, ceil(D/2), ...), (B, K, ceil(D/4), ...), (B, K, ceil(D/8), ...)],
         each head at its native resolution (the original upsamples all four to the input size; nnU-Net
         downsamples the targets instead, see ``deep_supervision_scales``).
+
+    Differences from the original, measured against the original code (jiangyu945/S2CA-Net at daf7dff) on the
+    same random weights (every parameter and normalisation statistic randomised; converted with
+    ``convert_original_state_dict``) and input, eval mode, 4 channels and 4 outputs; effect = max |difference| /
+    max |output| of the logits at patches 32³ / 64³ / 128³ (max |offset| of the deformable convolution 2.8 / 2.9 /
+    3.9 voxels):
+      * VAS-MLP planes: the original returns its H-D planes with H and W swapped (see ``TriPlanarAxialShiftMLP``);
+        here each plane goes back to its place. Effect alone 0.047 / 0.074 / 0.29. ``original_compatible=True``
+        swaps as the original.
+      * Deformable-convolution border: here samples outside the volume are multi-linear with zeros beyond it; the
+        original moves positions outside the volume to their floor (``blocks.deformable_sample``, ``border``).
+        Effect alone 0.079 / 0.042 / 0.089. ``original_compatible=True`` uses the original's rule.
+      * Both (the default): 0.087 / 0.080 / 0.29; with ``original_compatible=True``: 9.6e-7 / 1.1e-6 / 1.0e-6.
+      * The attention gates' ψ convolution has a bias (``blocks.AttentionGate``), 3 parameters the original lacks;
+        the converter sets them to zero, the original's function (with the gates' BatchNorm in training mode the
+        bias cancels; its running mean absorbs it).
+      * With deep supervision the heads keep their native resolutions (nnU-Net downsamples the targets); the
+        original upsamples them to the input size, which equals ours upsampled trilinearly (measured: 1e-6). This
+        changes where the loss is computed, not the network's function; no keyword.
+      * Any patch (the original: only 128³; a non-cubic patch has one fold pair per plane), smaller inputs padded;
+        the never-used parameters are left out (the converter drops them).
+      * Initialisation as the original (``MetaFormerBlock2D``: truncated normal, std 0.02, for its MLP and channel
+        attention; PyTorch's defaults elsewhere, as there).
+    Measured with a script outside the repository (the original's code is not part of it): both networks built
+    from the same converted weights, ``net(x)`` against the original's ``forward(x)['out'][-1]``.
 
     Measured at the original configuration (4 channels, 4 outputs, 128³; the original measures 21,477,799
     parameters of which 32,787 are never used, and 86.27 GMAC):
@@ -561,16 +606,23 @@ class S2CANet(nn.Module):
                  patch_size: Sequence[int] = (128, 128, 128), channels: Sequence[int] = (16, 32, 64, 128),
                  embed_dims: Sequence[int] = (256, 512), encoder_depths: Sequence[int] = (6, 2),
                  decoder_depths: Sequence[int] = (4, 2), mlp_embed_dim: int = 128,
-                 mlp_depth: int = 4, mlp_shift: int = 5, deformable_reduction: int = 12) -> None:
+                 mlp_depth: int = 4, mlp_shift: int = 5, deformable_reduction: int = 12,
+                 original_compatible: bool = False) -> None:
         super().__init__()
         if len(channels) != 4 or not len(embed_dims) == len(encoder_depths) == len(decoder_depths) == 2:
             raise ValueError("S2CANet has four levels (channels) and formers at levels 2 and 3 (embed_dims, "
                              "encoder_depths, decoder_depths)")
         self.check_patch_size(patch_size)
+        if original_compatible and len(set(patch_size)) != 1:
+            raise ValueError(f"original_compatible=True needs a cubic patch (the original's axial-shift MLP swaps "
+                             f"two axes of one plane stack, and it runs only at 128³); got {list(patch_size)}")
+        self.original_compatible = original_compatible
         self.patch_size: Size3D = tuple(int(p) for p in patch_size)
         self.encoder = S2CAEncoder(input_channels, channels, self.patch_size, embed_dims, encoder_depths)
-        self.skip_refinement = MultiScaleAttentiveDeformableConv(channels[:3], deformable_reduction)
-        self.context = MultiLevelContextAggregator(channels, mlp_embed_dim, mlp_depth, mlp_shift)
+        self.skip_refinement = MultiScaleAttentiveDeformableConv(channels[:3], deformable_reduction,
+                                                                 original_compatible)
+        self.context = MultiLevelContextAggregator(channels, mlp_embed_dim, mlp_depth, mlp_shift,
+                                                   original_compatible)
         self.decoder = S2CADecoder(channels, num_classes, self.patch_size, embed_dims, decoder_depths,
                                    deep_supervision)
 
@@ -622,3 +674,123 @@ class S2CANet(nn.Module):
             return out[..., :size[0], :size[1], :size[2]]
         crops = [[math.ceil(s / stride) for s in size] for stride in self.deep_supervision_strides]
         return [o[..., :c[0], :c[1], :c[2]] for o, c in zip(out, crops)]
+
+
+# ---- the original's weights ------------------------------------------------------------------------------------
+
+# keys of the original's parameters that its forward never uses (dropped by the converter)
+ORIGINAL_UNUSED_KEYS: tuple[str, ...] = (
+    r".+\.identity_mapping\.act\.weight",  # the shortcut ConvNorms are built without activation
+    r"gate\d_\d\.(?:W_g|W_x|psi\.0)\.act\.weight",  # so are the attention gates' ConvNorms
+    r"(?:conv3_1|conv_bottom\.1)\.identity_mapping\.conv\.weight",  # blocks keeping their shape skip the shortcut conv
+)
+
+
+def _res_block_rules(original: str, ours: str) -> list[RenameRule]:
+    """The original's ``ResBlock``/``ResFormerBlock`` (DWConvNorm ×2, shortcut ConvNorm, PReLU) → our ``ResBlock``."""
+    source = re.escape(original)
+    return [(rf"{source}\.conv([12])\.dwconv\.weight", rf"{ours}.conv\1.depthwise.weight"),
+            (rf"{source}\.conv([12])\.pwconv\.(weight|bias)", rf"{ours}.conv\1.pointwise.\2"),
+            (rf"{source}\.conv([12])\.act\.weight", rf"{ours}.conv\1.act.weight"),
+            (rf"{source}\.identity_mapping\.conv\.weight", f"{ours}.shortcut.0.weight"),
+            (rf"{source}\.act\.weight", f"{ours}.act.weight")]
+
+
+def _former_rules(original: str, ours: str) -> list[RenameRule]:
+    """The original's ``PoolFormerBlock3D_Light`` (fold convs, a PoolFormer with CBAM mixers) → ``TriPlanarFormer``."""
+    source = re.escape(original)
+    block = rf"{source}\.poolformer\.network\.0\.(\d+)"
+    former = f"{ours}.former"
+    return [(rf"{source}\.conv1x1_down\.(weight|bias)", rf"{ours}.fold_in.0.\1"),
+            (rf"{source}\.conv1x1_up\.(weight|bias)", rf"{ours}.fold_out.0.\1"),
+            (rf"{source}\.fuse_conv\.(weight|bias)", rf"{ours}.fuse.\1"),
+            (rf"{source}\.poolformer\.patch_embed\.proj\.(weight|bias)", rf"{former}.embed.\1"),
+            (rf"{source}\.poolformer\.norm\.(weight|bias)", rf"{former}.norm.\1"),
+            (rf"{source}\.poolformer\.conv1x1\.(weight|bias)", rf"{former}.project.\1"),
+            (rf"{block}\.layer_scale_([12])", rf"{former}.blocks.\1.layer_scale\2"),
+            (rf"{block}\.(norm[12])\.(weight|bias)", rf"{former}.blocks.\1.\2.\3"),
+            (rf"{block}\.token_mixer\.att\.channel_attention\.fc\.([02])\.weight",
+             rf"{former}.blocks.\1.channel_attention.mlp.\2.weight"),
+            (rf"{block}\.token_mixer\.att\.spacial_attention\.conv\.weight",
+             rf"{former}.blocks.\1.spatial_attention.conv.weight"),
+            (rf"{block}\.token_mixer\.conv\.(weight|bias)", rf"{former}.blocks.\1.mix.\2"),
+            (rf"{block}\.mlp\.fc1\.(weight|bias)", rf"{former}.blocks.\1.mlp.0.\2"),
+            (rf"{block}\.mlp\.fc2\.(weight|bias)", rf"{former}.blocks.\1.mlp.2.\2")]
+
+
+def _axial_shift_mlp_rules() -> list[RenameRule]:
+    """The original's ``AspmlpBlock_Light_B`` (an ``ASPMLP`` on three planes) → ``TriPlanarAxialShiftMLP``."""
+    source, ours = r"BottomAspmlp_l4\.aspmlp", "context.mlp_branch"
+    block = rf"{source}\.layers\.0\.blocks\.(\d+)"
+    mixer = {"conv1": "conv_in", "norm1": "norm_in", "conv2_1": "conv_w_first", "conv2_2": "conv_h_first",
+             "norm2": "norm_out", "conv3": "conv_out"}
+    return [(rf"{source}\.patch_embed\.proj\.(weight|bias)", rf"{ours}.embed.\1"),
+            (rf"{source}\.patch_embed\.norm\.(weight|bias)", rf"{ours}.embed_norm.\1"),
+            (rf"{source}\.conv1x1\.(weight|bias)", rf"{ours}.project.\1"),
+            (r"BottomAspmlp_l4\.fuse_conv\.(weight|bias)", rf"{ours}.fuse.\1"),
+            (rf"{block}\.(norm[12])\.(weight|bias)", rf"{ours}.blocks.\1.\2.\3"),
+            (rf"{block}\.mlp\.fc1\.(weight|bias)", rf"{ours}.blocks.\1.mlp.0.\2"),
+            (rf"{block}\.mlp\.fc2\.(weight|bias)", rf"{ours}.blocks.\1.mlp.2.\2"),
+            *((rf"{block}\.axial_shift\.{name}\.(weight|bias)", rf"{ours}.blocks.\1.mixer.{new}.\2")
+              for name, new in mixer.items())]
+
+
+def _original_s2canet_rules() -> list[RenameRule]:
+    """The original ``UNet_LGSM_MCA_MSADC_Plus`` (as its ``train.py`` builds it) → ``S2CANet``, layer by layer."""
+    rules: list[RenameRule] = [(pattern, None) for pattern in ORIGINAL_UNUSED_KEYS]
+    for level in range(4):
+        rules += _res_block_rules(f"backbone.conv{level}_0", f"encoder.stages.{level}")
+    rules += _former_rules("backbone.former2_0", "encoder.formers.0") + _former_rules("backbone.former3_0",
+                                                                                      "encoder.formers.1")
+    for level in range(3):
+        rules.append((rf"down{2 ** (3 - level)}Pooling\.(weight|bias)", rf"context.down.{level}.\1"))
+    rules += [(r"ca\.fc\.([02])\.weight", r"context.squeeze_excite.mlp.\1.weight"),
+              *_res_block_rules("conv_bottom.0", "context.conv_branch.0"),
+              *_res_block_rules("conv_bottom.1", "context.conv_branch.1"),
+              (r"sa\.conv\.weight", "context.spatial_attention.conv.weight"), *_axial_shift_mlp_rules()]
+    skip = "skip_refinement"
+    rules += [(r"in_down01\.(weight|bias)", rf"{skip}.from_level0.\1"),
+              (r"in_up21\.(weight|bias)", rf"{skip}.from_level2.\1"),
+              (r"skip_ca\.fc\.([02])\.weight", rf"{skip}.squeeze_excite.mlp.\1.weight"),
+              (r"skip_msadc\.conv_se\.weight", f"{skip}.deformable.reduce.weight"),
+              (r"skip_msadc\.conv_kernel\.weight", f"{skip}.deformable.deform.projection.weight"),
+              (r"skip_msadc\.offset_conv_kernel\.weight", f"{skip}.deformable.offset.weight"),
+              (r"skip_msadc\.att\.conv\.weight", f"{skip}.deformable.offset_attention.conv.weight"),
+              (r"out_up10\.(weight|bias)", rf"{skip}.to_level0.\1"),
+              (r"out_1\.(weight|bias)", rf"{skip}.to_level1.\1"),
+              (r"out_down12\.(weight|bias)", rf"{skip}.to_level2.\1")]
+    rules += _res_block_rules("conv3_1", "decoder.bottom_block") + _former_rules("former3_1", "decoder.bottom_former")
+    rules += _former_rules("former2_1", "decoder.formers.2")
+    # AttentionGate(g, x) gates x: W_x acts on the gated skip (our θ), W_g on the coarser gate signal (our φ)
+    norm_entries = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
+    for index, (coarser, level) in enumerate(((3, 2), (2, 1), (1, 0))):
+        rules += _res_block_rules(f"conv{level}_1", f"decoder.blocks.{index}")
+        for branch, name in (("W_x", "theta"), ("W_g", "phi"), ("psi.0", "psi")):
+            gate = rf"gate{coarser}_{level}\.{re.escape(branch)}"
+            rules += [(rf"{gate}\.conv\.weight", f"decoder.gates.{index}.{name}.weight"),
+                      (rf"{gate}\.norm\.{norm_entries}", rf"decoder.gates.{index}.{name}_norm.\1")]
+    return rules + [(r"convds(\d)\.(weight|bias)", r"decoder.heads.\1.\2")]
+
+
+def convert_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict of the original S2CA-Net (github.com/jiangyu945/S2CA-Net, ``UNet_LGSM_MCA_MSADC_Plus`` as
+    its ``train.py`` builds it; the ``'net'`` entry of its checkpoints) as one of ``S2CANet`` built with the same
+    input channels, classes and (cubic) patch, and the default topology.
+
+    Names follow a table of rules, one per original layer; the formers' layer scales are reshaped (E,) → (E, 1, 1).
+    Dropped: the original's 32,787 never-used parameters (``ORIGINAL_UNUSED_KEYS``): the PReLU slopes of all
+    ``identity_mapping`` and attention-gate ``ConvNorm`` layers (built with ``activation=False``) and the shortcut
+    convolutions ``conv3_1.identity_mapping.conv`` and ``conv_bottom.1.identity_mapping.conv`` (blocks that keep
+    their shape add the identity). Added: our attention gates' ψ biases (``decoder.gates.{0,1,2}.psi.bias``), which
+    the original lacks, as zeros, which is the original's function; so the result loads with ``strict=True``.
+
+    Raises:
+        KeyError: a key of the original that has no counterpart here (naming it).
+    """
+    converted = rename_keys(state_dict, _original_s2canet_rules(), "S2CA-Net")
+    for key, value in list(converted.items()):
+        if re.fullmatch(r".+\.layer_scale[12]", key):
+            converted[key] = value.reshape(-1, 1, 1)
+        elif re.fullmatch(r"decoder\.gates\.\d\.psi\.weight", key):
+            converted[key.removesuffix("weight") + "bias"] = value.new_zeros(1)
+    return converted

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_ext.architectures import RccSegmentor, RECUNet, SegFormer3DVariant, rccsegmentor, recunet
-from nnunet_ext.architectures import segformer3d_variant
+from nnunet_ext.architectures import RccSegmentor, RECUNet, S2CANet, SegFormer3DVariant, rccsegmentor, recunet
+from nnunet_ext.architectures import s2canet, segformer3d_variant
 
 DATA = Path(__file__).parent / "data" / "original_state_dicts"
 
@@ -39,6 +39,16 @@ class Original:
     build_on_meta: bool = False  # build ours on the meta device (large networks: fast, no memory)
 
 
+# the original S2CA-Net's never-used parameters: PReLU slopes of ConvNorms built with activation=False (every
+# shortcut, every attention-gate branch) and the shortcut convolutions of the two blocks that keep their shape
+S2CANET_UNUSED = frozenset(
+    [f"{block}.identity_mapping.act.weight" for block in
+     [f"backbone.conv{level}_0" for level in range(4)] + [f"conv{level}_1" for level in range(4)]
+     + ["conv_bottom.0", "conv_bottom.1"]]
+    + [f"gate{gate}.{branch}.act.weight" for gate in ("3_2", "2_1", "1_0") for branch in ("W_g", "W_x", "psi.0")]
+    + ["conv3_1.identity_mapping.conv.weight", "conv_bottom.1.identity_mapping.conv.weight"])
+S2CANET_PSI_BIASES = frozenset(f"decoder.gates.{i}.psi.bias" for i in range(3))
+
 ORIGINALS = {
     "rccsegmentor": Original(lambda: RccSegmentor(3, 1), rccsegmentor.convert_original_state_dict,
                              our_additions=frozenset(f"decoder.aux_heads.{i}.{p}" for i in (0, 1)
@@ -46,6 +56,8 @@ ORIGINALS = {
                              build_on_meta=True),
     "recunet": Original(lambda: RECUNet(1, 2), recunet.convert_original_state_dict, build_on_meta=True),
     "segformer3d": Original(lambda: SegFormer3DVariant(1, 3), segformer3d_variant.convert_original_state_dict),
+    "s2canet": Original(lambda: S2CANet(4, 4), s2canet.convert_original_state_dict, dropped=S2CANET_UNUSED,
+                        filled=S2CANET_PSI_BIASES, build_on_meta=True),
 }
 
 
@@ -145,3 +157,58 @@ def test_recunet_triplet_gates_land_on_the_branch_that_pools_the_same_axis():
     for branch, size in pooled_sizes.items():
         original_key = f"Conv1.conv2.3.{pooled_axis[size]}.spatial.conv.weight"
         assert converted[f"encoder.0.attention.gates.{branch}.conv.weight"] is state_dict[original_key]
+
+
+def test_s2canet_drops_exactly_the_originals_32787_unused_parameters():
+    with open(DATA / "s2canet.json") as f:
+        shapes = json.load(f)["tensors"]
+    assert sum(torch.Size(shapes[key]).numel() for key in S2CANET_UNUSED) == 32_787
+
+
+def test_s2canet_layer_scales_reshaped_and_psi_biases_zero():
+    state_dict = original_state_dict("s2canet")
+    converted = s2canet.convert_original_state_dict(state_dict)
+    original_scale = state_dict["backbone.former2_0.poolformer.network.0.3.layer_scale_2"]
+    ours_scale = converted["encoder.formers.0.former.blocks.3.layer_scale2"]
+    x = torch.randn(2, original_scale.shape[0], 3, 4)
+    # the original scales with layer_scale.unsqueeze(-1).unsqueeze(-1)
+    torch.testing.assert_close(ours_scale * x, original_scale.unsqueeze(-1).unsqueeze(-1) * x)
+    assert all(converted[key].shape == (1,) and not converted[key].any() for key in S2CANET_PSI_BIASES)
+
+
+def original_axial_shift(weights: Mapping[str, torch.Tensor], x: torch.Tensor, groups: int = 5) -> torch.Tensor:
+    """The original AxialShift's forward with its own parameter names: conv1 → GN → GELU; shifts of the zero-padded
+    channel groups (torch.roll by -2..2) along W (dim 3) then H ("left diagonal"), along H then W reversed ("right
+    diagonal"); conv2_1 on the two W-first ones, conv2_2 on the two H-first ones, each GELU; sum → GN → conv3."""
+    def conv(name: str, t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, weights[f"{name}.weight"], weights[f"{name}.bias"])
+
+    def norm(name: str, t: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(t, 1, weights[f"{name}.weight"], weights[f"{name}.bias"])
+
+    def shift(t: torch.Tensor, dim: int, sign: int = 1) -> torch.Tensor:
+        pad = groups // 2
+        chunks = F.pad(t, (pad,) * 4).chunk(groups, 1)
+        rolled = torch.cat([torch.roll(c, sign * s, dim) for c, s in zip(chunks, range(-pad, pad + 1))], 1)
+        return rolled[:, :, pad:pad + t.shape[2], pad:pad + t.shape[3]]
+
+    x = F.gelu(norm("norm1", conv("conv1", x)))
+    along_w, along_h = shift(x, 3), shift(x, 2)
+    branches = (("conv2_1", along_w), ("conv2_1", shift(along_w, 2)), ("conv2_2", along_h),
+                ("conv2_2", shift(along_h, 3, -1)))
+    return conv("conv3", norm("norm2", sum(F.gelu(conv(name, t)) for name, t in branches)))
+
+
+def test_s2canet_axial_shift_convolutions_land_on_the_branches_they_serve():
+    """conv2_1 and conv2_2 have one shape; the converted weights must serve the same shifted copies as there."""
+    state_dict = original_state_dict("s2canet")
+    prefix = "BottomAspmlp_l4.aspmlp.layers.0.blocks.2.axial_shift."
+    weights = {key.removeprefix(prefix): value for key, value in state_dict.items() if key.startswith(prefix)}
+    converted = s2canet.convert_original_state_dict(state_dict)
+    mixer = s2canet.AxialShift(128, 5)
+    mixer.load_state_dict({key.removeprefix("context.mlp_branch.blocks.2.mixer."): value
+                           for key, value in converted.items()
+                           if key.startswith("context.mlp_branch.blocks.2.mixer.")})
+    x = torch.randn(2, 128, 6, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(mixer(x), original_axial_shift(weights, x), atol=1e-4, rtol=1e-4)

@@ -155,3 +155,60 @@ def test_state_dict_is_independent_of_deep_supervision():
     x = torch.randn(1, 1, 16, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(with_ds(x)[0], without_ds(x))
+
+
+def original_vas_mlp(mlp: s2canet.TriPlanarAxialShiftMLP, x: torch.Tensor, h_d_back=(0, 2, 1, 3, 4)) -> torch.Tensor:
+    """VAS-MLP with the reshapes the original AspmlpBlock_Light_B writes (x as (B, C, H, W, D)), using ``mlp``'s
+    layers; the original brings its H-D planes back with reshape(B, W, C, H, D).permute(0, 2, 1, 3, 4), H and W
+    swapped, where (0, 2, 3, 1, 4) would restore them."""
+    b, c, h, w, d = x.shape
+
+    def planes(stack: torch.Tensor) -> torch.Tensor:
+        return mlp.project(mlp.blocks(mlp.embed_norm(mlp.embed(stack))))
+
+    wd = planes(x.permute(0, 2, 1, 3, 4).reshape(b * h, c, w, d)).reshape(b, h, c, w, d).permute(0, 2, 1, 3, 4)
+    hd = planes(x.permute(0, 3, 1, 2, 4).reshape(b * w, c, h, d)).reshape(b, w, c, h, d).permute(*h_d_back)
+    hw = planes(x.permute(0, 4, 1, 2, 3).reshape(b * d, c, h, w)).reshape(b, d, c, h, w).permute(0, 2, 3, 4, 1)
+    return mlp.fuse(torch.cat([wd, hd, hw], dim=1))
+
+
+def test_vas_mlp_restores_each_plane_and_original_compatible_swaps_as_the_original():
+    mlp = s2canet.TriPlanarAxialShiftMLP(12, 5, embed_dim=16, depth=2, shift=5).eval()
+    with torch.no_grad():
+        non_cubic = torch.randn(2, 12, 5, 6, 4)
+        torch.testing.assert_close(mlp(non_cubic), original_vas_mlp(mlp, non_cubic, h_d_back=(0, 2, 3, 1, 4)))
+        x = torch.randn(2, 12, 6, 6, 4)
+        ours = mlp(x)
+        mlp.original_compatible = True
+        torch.testing.assert_close(mlp(x), original_vas_mlp(mlp, x))
+        assert not torch.allclose(mlp(x), ours, atol=1e-3)
+        with pytest.raises(ValueError, match="needs them of equal size; got"):
+            mlp(non_cubic)
+
+
+def test_original_compatible_needs_a_cubic_patch():
+    with pytest.raises(ValueError, match=r"original_compatible=True needs a cubic patch.*got \[16, 16, 24\]"):
+        S2CANet(1, 2, patch_size=(16, 16, 24), original_compatible=True)
+
+
+def test_original_compatible_keeps_the_state_dict_and_changes_only_the_computation():
+    ours = S2CANet(2, 3, patch_size=(16, 16, 16)).eval()
+    original = S2CANet(2, 3, patch_size=(16, 16, 16), original_compatible=True).eval()
+    original.load_state_dict(ours.state_dict(), strict=True)
+    assert original.context.mlp_branch.original_compatible and original.skip_refinement.deformable.deform.border == \
+        "floor"
+    with torch.no_grad():
+        ours.skip_refinement.deformable.offset.weight.mul_(30)  # offsets of several voxels reach the border
+        original.skip_refinement.deformable.offset.weight.copy_(ours.skip_refinement.deformable.offset.weight)
+        x = torch.randn(1, 2, 16, 16, 16)
+        assert not torch.allclose(ours(x), original(x), atol=1e-4)
+
+
+def test_metaformer_mlps_are_initialised_as_the_originals():
+    block = s2canet.MetaFormerBlock2D(256)
+    # PoolFormer's rule in the original: truncated normal (std 0.02), zero biases
+    for layer in (block.mlp[0], block.mlp[2], block.channel_attention.mlp[0], block.channel_attention.mlp[2]):
+        assert abs(layer.weight.std().item() - 0.02) < 0.002
+        assert layer.bias is None or not layer.bias.any()
+    # the token mixer's convolution keeps PyTorch's default (uniform, std 1/sqrt(3·fan_in))
+    assert abs(block.mix.weight.std().item() - 1 / math.sqrt(3 * 256)) < 0.002

@@ -41,7 +41,7 @@ def kernel_taps(kernel_size: int, dims: int, dilation: int = 1) -> torch.Tensor:
 
 def deformable_sample(x: torch.Tensor, offsets: torch.Tensor, kernel_size: int, dilation: int = 1,
                       border: str = "zeros") -> torch.Tensor:
-    """Sample ``x`` at every position + kernel tap + offset, multi-linearly, with zeros outside the input.
+    """Sample ``x`` at every position + kernel tap + offset, multi-linearly (``border`` sets the rule at the border).
 
     Args:
         x: (B, C, *S) input, S of 2 or 3 spatial axes.
