@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -34,9 +34,20 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.lr_scheduler.warmup import Lin_incr_LRScheduler, PolyLRScheduler_offset
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
-from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_ext.architectures.profiling import count_macs, count_parameters
+
+
+# what `nnunet-ext plan` records in each configuration it plans (predicted memory, target, precision, checkpointing)
+PLANS_KEY = "nnunet_ext"
+
+
+def planned_activation_checkpointing(configuration_manager: ConfigurationManager) -> bool:
+    """Whether ``nnunet-ext plan`` planned this configuration with activation checkpointing: the trainers' builders
+    pass it to the network, so training and prediction build the network that was planned."""
+    return bool(configuration_manager.configuration.get(PLANS_KEY, {}).get("activation_checkpointing", False))
 
 
 class UnsupportedConfigurationError(ValueError):
@@ -409,11 +420,17 @@ class nnUNetTrainerExt(PreemptionSafeMixin, nnUNetTrainer):
         network_class: the architecture class, for ``nnunet-ext list`` and the deep-supervision scales.
         supported_dims: spatial dimensionalities the network handles, (2,), (3,) or (2, 3).
         grad_clip_norm: gradient-norm clipping in ``train_step`` (nnU-Net uses 12).
+        deep_supervision: whether the network trains with its deep-supervision outputs (``nnunet-ext plan`` reads
+            it too, so the planned memory is that of the training step).
+
+    ``build_optimizer`` and ``training_memory`` are classmethods so that ``nnunet-ext plan`` sizes the patch with the
+    optimizer and loss the trainer really uses, without creating a trainer (and its output folder).
     """
 
     network_class: type[nn.Module] | None = None
     supported_dims: tuple[int, ...] = (2, 3)
     grad_clip_norm: float = 12.0
+    deep_supervision: bool = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -423,6 +440,7 @@ class nnUNetTrainerExt(PreemptionSafeMixin, nnUNetTrainer):
         if adjusted_patch != original_patch:
             plans["configurations"][configuration]["patch_size"] = adjusted_patch
         super().__init__(plans, configuration, fold, dataset_json, device)
+        self.enable_deep_supervision = self.deep_supervision
         if adjusted_patch != original_patch:
             self.print_to_log_file(f"{type(self).__name__}: patch size {original_patch} -> {adjusted_patch} "
                                    f"(what {self._network_name()} needs; plans.json records the new patch)")
@@ -464,6 +482,56 @@ class nnUNetTrainerExt(PreemptionSafeMixin, nnUNetTrainer):
         """Return the patch size to train and predict with, given the planned one. Default: unchanged."""
         return patch_size
 
+    @classmethod
+    def build_optimizer(cls, parameters: Iterable[nn.Parameter], initial_lr: float,
+                        weight_decay: float) -> torch.optim.Optimizer:
+        """The optimizer of ``configure_optimizers``. Default: nnU-Net's SGD with Nesterov momentum 0.99."""
+        return torch.optim.SGD(parameters, initial_lr, weight_decay=weight_decay, momentum=0.99, nesterov=True)
+
+    def configure_optimizers(self):
+        optimizer = self.build_optimizer(self.network.parameters(), self.initial_lr, self.weight_decay)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    @classmethod
+    def training_memory(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                        dataset_json: dict, batch_size: int, precision: str = "fp32"):
+        """Predicted memory of one training step (``nnunet_ext.architectures.memory.TrainingMemory``, bytes) of
+        this trainer's network, optimizer and nnU-Net loss at the configuration's patch size and ``batch_size``,
+        traced without data. A plug-in whose network the generic trace cannot follow overrides this method."""
+        from nnunet_ext.architectures.memory import estimate_training_memory
+
+        channels = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
+        label_manager = plans_manager.get_label_manager(dataset_json)
+        loss = cls._loss_without_trainer(configuration_manager, label_manager)
+
+        def build() -> nn.Module:
+            return cls.build_network_architecture(plans_manager, configuration_manager, channels,
+                                                  label_manager.num_segmentation_heads, cls.deep_supervision)
+
+        def step_loss(output) -> torch.Tensor:  # targets as nnU-Net's loader makes them, one per output scale
+            outputs = list(output) if isinstance(output, (list, tuple)) else [output]
+            if label_manager.has_regions:
+                targets = [torch.zeros((o.shape[0], len(label_manager.foreground_regions)
+                                        + (label_manager.ignore_label is not None), *o.shape[2:]),
+                                       dtype=torch.bool, device=o.device) for o in outputs]
+            else:
+                targets = [torch.zeros((o.shape[0], 1, *o.shape[2:]), dtype=torch.int16, device=o.device)
+                           for o in outputs]
+            return loss(output, targets if isinstance(output, (list, tuple)) else targets[0])
+
+        return estimate_training_memory(
+            build, (batch_size, channels, *configuration_manager.patch_size), precision=precision,
+            optimizer_factory=lambda parameters: cls.build_optimizer(parameters, 1e-2, 3e-5), loss_fn=step_loss)
+
+    @classmethod
+    def _loss_without_trainer(cls, configuration_manager: ConfigurationManager, label_manager) -> nn.Module:
+        # nnU-Net's _build_loss (and this trainer's override of it) on a bare instance holding only what it reads:
+        # constructing a trainer would create its output folder and log file
+        shell = cls.__new__(cls)
+        shell.configuration_manager, shell.label_manager = configuration_manager, label_manager
+        shell.is_ddp, shell.device, shell.enable_deep_supervision = False, torch.device("cpu"), cls.deep_supervision
+        return shell._build_loss()
+
     def warmup_poly_lr_scheduler(self, optimizer: torch.optim.Optimizer, warmup_fraction: float):
         """nnU-Net's poly schedule after a linear warm-up over ``warmup_fraction`` of the epochs (at least one
         epoch, and none when the run is too short for both phases)."""
@@ -500,6 +568,7 @@ class nnUNetTrainerExt(PreemptionSafeMixin, nnUNetTrainer):
         super().on_train_start()
         if self.local_rank == 0:
             self._log_network_size()
+            self._log_predicted_memory()
 
     def _log_network_size(self) -> None:
         network = self._unwrapped_network()
@@ -509,6 +578,17 @@ class nnUNetTrainerExt(PreemptionSafeMixin, nnUNetTrainer):
         network.train(was_training)
         self.print_to_log_file(f"Network {type(network).__name__}: {count_parameters(network):,} parameters, "
                                f"{macs / 1e9:.2f} GMAC per forward pass at patch {list(patch)} (batch 1)")
+
+    def _log_predicted_memory(self) -> None:
+        planned = self.configuration_manager.configuration.get(PLANS_KEY)
+        if not planned:
+            return
+        self.print_to_log_file(
+            f"Predicted training memory (nnunet-ext plan): {planned['predicted_memory_gb']:.2f} GB at batch "
+            f"{self.configuration_manager.batch_size}, patch {list(self.configuration_manager.patch_size)}, "
+            f"precision {planned['precision']}, activation checkpointing "
+            f"{'on' if planned['activation_checkpointing'] else 'off'} (target "
+            f"{planned['gpu_memory_target_gb']:g} GB)")
 
     def train_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)
