@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -69,6 +70,7 @@ def _cmd_check(args: argparse.Namespace) -> None:
     trainer = resolve_trainer(args.trainer)
     checks.check_trainer_configuration(trainer, plans, args.configuration)
     print(f"ok  {trainer.__name__} can train and predict configuration '{args.configuration}' of {args.plans}")
+    _check_memory(args, trainer, plans, paths["nnUNet_preprocessed"] / dataset_name / "dataset.json")
     if args.input is not None:
         dataset_json = json.loads((paths["nnUNet_preprocessed"] / dataset_name / "dataset.json").read_text())
         cases = checks.check_input_channels(Path(args.input), dataset_json)
@@ -76,6 +78,29 @@ def _cmd_check(args: argparse.Namespace) -> None:
     if not discovery.is_active():
         print("!!  trainer discovery is inactive in this environment; activate it with:\n    "
               + discovery.export_line())
+
+
+def _check_memory(args: argparse.Namespace, trainer: type, plans: dict, dataset_json: Path) -> None:
+    import torch
+
+    from nnunet_ext import planning
+
+    if not callable(getattr(trainer, "training_memory", None)):
+        print(f"--  no predicted memory: {trainer.__name__} has no memory model (not built on nnUNetTrainerExt)")
+        return
+    memory, precision, patch, batch = planning.predicted_training_memory(
+        trainer, plans, args.configuration, json.loads(dataset_json.read_text()))
+    print(f"ok  predicted training memory {memory.peak_gb:.2f} GB ({precision}, patch {patch}, batch {batch})")
+    limits = [(args.gpu_memory_target, f"-gpu_memory_target {args.gpu_memory_target:g} GB")] \
+        if args.gpu_memory_target is not None else []
+    if torch.cuda.is_available():
+        gpu = torch.cuda.get_device_properties(torch.cuda.current_device())
+        limits.append((gpu.total_memory / 1e9, f"the memory of the visible GPU ({gpu.name}, "
+                                               f"{gpu.total_memory / 1e9:.1f} GB)"))
+    for limit, name in limits:
+        if memory.peak_gb > limit:
+            print(f"!!  the predicted {memory.peak_gb:.2f} GB exceed {name}: plan for it with nnunet-ext plan "
+                  f"-d {args.dataset} -tr {trainer.__name__} -gpu_memory_target {math.floor(limit * 10) / 10:g}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-tr", dest="trainer", required=True)
     check.add_argument("-p", dest="plans", default="nnUNetPlans")
     check.add_argument("-i", dest="input", default=None, help="an input folder for nnUNetv2_predict")
+    check.add_argument("-gpu_memory_target", type=float, default=None,
+                       help="GB: say when the trainer's predicted training memory exceeds it (and the visible GPU's)")
     check.set_defaults(func=_cmd_check)
 
     from nnunet_ext import benchmarking, crossval, planning_cli

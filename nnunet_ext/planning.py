@@ -24,6 +24,7 @@ their preprocessed data is shared with ``nnUNetPlans``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import math
@@ -332,6 +333,33 @@ def plan(dataset: str, trainer_name: str, configurations: list[str] | None = Non
     check_shared_data(plans, paths["nnUNet_preprocessed"] / dataset_name / "nnUNetPlans.json")
     planner.save_plans(plans)
     return plans_file, plans
+
+
+def predicted_training_memory(trainer: type, plans: dict, configuration: str, dataset_json: dict,
+                              precision: str | None = None):
+    """The trainer's predicted training memory at the plan it trains with (its ``adjust_patch_size`` applied, the
+    plans' batch size). Precision: ``precision``, else the one the plans were made for, else amp where CUDA is
+    available and fp32 elsewhere. Returns (``TrainingMemory``, precision, patch, batch size)."""
+    import torch
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    require_memory_model(trainer)
+    plans = copy.deepcopy(plans)
+    settings = PlansManager(plans).get_configuration(configuration).configuration
+    settings["patch_size"] = [int(p) for p in trainer.adjust_patch_size(list(settings["patch_size"]))]
+    precision = precision or settings.get(PLANS_KEY, {}).get("precision") or \
+        ("amp" if torch.cuda.is_available() else "fp32")
+    plans["configurations"][configuration] = settings
+    manager = PlansManager(plans)
+    trained = manager.get_configuration(configuration)
+    try:
+        memory = trainer.training_memory(manager, trained, dataset_json, trained.batch_size, precision)
+    except Exception as error:
+        raise PlanningError(f"The memory model cannot trace {trainer.__name__}'s network at patch "
+                            f"{settings['patch_size']}: {type(error).__name__}: {error}. A network the generic trace "
+                            f"cannot follow needs its own training_memory classmethod on the trainer (README, "
+                            f"'Plug-ins').") from error
+    return memory, precision, settings["patch_size"], trained.batch_size
 
 
 def format_table(plans: dict, reference: dict | None) -> str:
