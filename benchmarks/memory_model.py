@@ -1,0 +1,207 @@
+"""The memory model (``nnunet_ext.architectures.memory``) against measured memory of real training steps on CPU.
+
+One command: for every network at three patch sizes (batch 2), the predicted peak memory of one training step
+(``estimate_training_memory``, fp32, ``device_type="cpu"``) against the measured peak of a real step (forward, loss,
+backward, nnU-Net's SGD step, after one warm-up step that creates the optimizer state), their ratio and whether it
+is within ±15 %; then, per network at its middle patch, time and memory with activation checkpointing off and on.
+
+Measured peak: each case runs in a fresh subprocess. Tensor memory is what the model predicts and what
+``torch.cuda.max_memory_allocated`` reports on a GPU, so it is measured the same way on CPU: the bytes held by
+the parameters, buffers and optimizer state before the step, plus the peak of the running sum of every CPU
+allocation and free during the step as ``torch.profiler`` (``profile_memory=True``) records them from PyTorch's
+CPU allocator. The growth of the process' peak RSS over the step (``/proc/self/status`` VmHWM after resetting it
+through ``/proc/self/clear_refs``) is printed beside it: it also holds the C library's allocator slack and
+oneDNN's internal scratch buffers, which no tensor accounts for.
+
+Networks (3D at 1 channel unless noted, 3 classes, deep supervision on where the network has it):
+  PlainConvUNet        nnU-Net's default 3D U-Net for the patch (the baseline; as benchmarks/s2canet_vs_plainconvunet.py)
+  SegFormer3DVariant   defaults
+  S2CANet              built for the patch, 4 channels
+  RECUNet              2D, the original's widths
+  RccSegmentor         2D, --rcc-backbone (default pvt_v2_b2, the original's)
+  RccSegmentorLight    2D, the same backbone
+
+Usage:
+  python benchmarks/memory_model.py                       # everything: about 15 minutes on 2 CPU cores
+  python benchmarks/memory_model.py --networks S2CANet RECUNet --skip-checkpointing
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+PATCHES = {
+    "PlainConvUNet": [(32, 32, 32), (48, 48, 48), (64, 64, 64)],
+    "SegFormer3DVariant": [(32, 64, 64), (48, 96, 96), (64, 112, 112)],
+    "S2CANet": [(32, 32, 32), (48, 48, 48), (64, 64, 64)],
+    "RECUNet": [(128, 128), (192, 192), (256, 256)],
+    "RccSegmentor": [(128, 128), (192, 192), (256, 256)],
+    "RccSegmentorLight": [(128, 128), (192, 192), (256, 256)],
+}
+CHANNELS = {"S2CANet": 4}
+CLASSES = 3
+BATCH = 2
+TOLERANCE = 0.15
+
+
+def build(name: str, patch: tuple[int, ...], checkpointing: bool, backbone: str) -> nn.Module:
+    """The network ``name`` for ``patch``, as its trainer builds it (deep supervision on)."""
+    from nnunet_ext import architectures as nets
+
+    channels = CHANNELS.get(name, 1)
+    if name == "PlainConvUNet":
+        spec = importlib.util.spec_from_file_location(
+            "s2canet_vs_plainconvunet", Path(__file__).with_name("s2canet_vs_plainconvunet.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.default_plain_conv_unet(list(patch), channels, CLASSES)[0]
+    keywords = {"activation_checkpointing": checkpointing}
+    if name == "S2CANet":
+        keywords["patch_size"] = patch
+    if name.startswith("RccSegmentor"):
+        keywords["backbone"] = backbone
+    return getattr(nets, name)(channels, CLASSES, True, **keywords)
+
+
+def input_shape(name: str, patch: tuple[int, ...]) -> tuple[int, ...]:
+    return (BATCH, CHANNELS.get(name, 1), *patch)
+
+
+def _peak_rss_reset() -> int:
+    """Reset the process' peak RSS to its current RSS; return that (bytes)."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_bytes("VmHWM")
+
+
+def _status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _allocation_peak(profiler: torch.profiler.profile) -> int:
+    """Peak of the running sum of the CPU allocations (+) and frees (-) the profiler recorded."""
+    events = sorted((e for e in profiler.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    running = peak = 0
+    for event in events:
+        running += event.nbytes()
+        peak = max(peak, running)
+    return peak
+
+
+def measure(name: str, patch: tuple[int, ...], checkpointing: bool, backbone: str) -> dict:
+    """In a fresh subprocess: peak tensor memory, peak RSS growth and CPU time of one real training step."""
+    from nnunet_ext.architectures.memory import default_loss, default_optimizer
+
+    torch.manual_seed(0)
+    network = build(name, patch, checkpointing, backbone).train()
+    optimizer = default_optimizer(network.parameters())
+    shape = input_shape(name, patch)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = default_loss(network(torch.randn(shape)))
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up: creates the momentum buffers, initialises kernels
+    optimizer.zero_grad(set_to_none=True)
+    held = sum(t.nbytes for t in [*network.parameters(), *network.buffers()])
+    held += sum(t.nbytes for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor))
+    rss_before = _peak_rss_reset()
+    cpu_start = time.process_time()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profiler:
+        step()
+    cpu_seconds = time.process_time() - cpu_start
+    rss_growth = _status_bytes("VmHWM") - rss_before
+    return {"measured": held + _allocation_peak(profiler), "rss": held + rss_growth, "cpu_s": cpu_seconds}
+
+
+def predict(name: str, patch: tuple[int, ...], checkpointing: bool, backbone: str) -> dict:
+    from nnunet_ext.architectures.memory import estimate_training_memory
+
+    start = time.perf_counter()
+    memory = estimate_training_memory(lambda: build(name, patch, checkpointing, backbone), input_shape(name, patch),
+                                      precision="fp32", device_type="cpu")
+    return {"predicted": memory.peak, "predict_s": time.perf_counter() - start}
+
+
+def run_case(name: str, patch: tuple[int, ...], checkpointing: bool, backbone: str) -> dict:
+    """Prediction and measurement, each in its own fresh subprocess."""
+    row = {"network": name, "patch": list(patch), "checkpointing": checkpointing}
+    for worker in ("predict", "measure"):
+        argv = [sys.executable, __file__, "--worker", worker, name, json.dumps(list(patch)),
+                "--rcc-backbone", backbone] + (["--checkpointing"] if checkpointing else [])
+        result = subprocess.run(argv, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{worker} {name} {patch} failed:\n{result.stderr[-3000:]}")
+        row.update(json.loads(result.stdout.strip().splitlines()[-1]))
+    row["ratio"] = row["predicted"] / row["measured"]
+    return row
+
+
+def print_validation(rows: list[dict]) -> None:
+    print(f"predicted vs measured peak memory of one training step (fp32, CPU, batch {BATCH}, {CLASSES} classes)")
+    header = (f"{'network':<19} {'patch':<12} {'predicted MiB':>13} {'measured MiB':>12} {'ratio':>6} "
+              f"{'±15%':>5} {'RSS MiB':>8} {'predict s':>9}")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        within = "yes" if abs(row["ratio"] - 1) <= TOLERANCE else "NO"
+        print(f"{row['network']:<19} {'x'.join(map(str, row['patch'])):<12} {row['predicted'] / 2 ** 20:>13.0f} "
+              f"{row['measured'] / 2 ** 20:>12.0f} {row['ratio']:>6.3f} {within:>5} {row['rss'] / 2 ** 20:>8.0f} "
+              f"{row['predict_s']:>9.1f}")
+
+
+def print_checkpointing(pairs: list[tuple[dict, dict]]) -> None:
+    print("\nactivation checkpointing (measured; one training step, process CPU time)")
+    header = (f"{'network':<19} {'patch':<12} {'MiB off':>8} {'MiB on':>8} {'memory':>7} {'CPU s off':>9} "
+              f"{'CPU s on':>8} {'time':>6} {'predicted on/off':>16}")
+    print(header)
+    print("-" * len(header))
+    for off, on in pairs:
+        print(f"{off['network']:<19} {'x'.join(map(str, off['patch'])):<12} {off['measured'] / 2 ** 20:>8.0f} "
+              f"{on['measured'] / 2 ** 20:>8.0f} {on['measured'] / off['measured']:>7.3f} {off['cpu_s']:>9.2f} "
+              f"{on['cpu_s']:>8.2f} {on['cpu_s'] / off['cpu_s']:>6.3f} {on['predicted'] / off['predicted']:>16.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--networks", nargs="+", choices=list(PATCHES), default=list(PATCHES))
+    parser.add_argument("--rcc-backbone", default="pvt_v2_b2", help="PVTv2 variant of the RccSegmentors")
+    parser.add_argument("--skip-checkpointing", action="store_true", help="leave out the checkpointing table")
+    parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=3, metavar=("KIND", "NETWORK", "PATCH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        kind, name, patch = args.worker
+        worker = predict if kind == "predict" else measure
+        print(json.dumps(worker(name, tuple(json.loads(patch)), args.checkpointing, args.rcc_backbone)))
+        return
+    rows, pairs = [], []
+    for name in args.networks:
+        for patch in PATCHES[name]:
+            rows.append(run_case(name, patch, False, args.rcc_backbone))
+            print(f"measured {json.dumps(rows[-1])}", file=sys.stderr)
+        if not args.skip_checkpointing and name != "PlainConvUNet":
+            middle = PATCHES[name][1]
+            on = run_case(name, middle, True, args.rcc_backbone)
+            print(f"measured {json.dumps(on)}", file=sys.stderr)
+            pairs.append((next(r for r in rows if r["network"] == name and tuple(r["patch"]) == middle), on))
+    print_validation(rows)
+    if pairs:
+        print_checkpointing(pairs)
+
+
+if __name__ == "__main__":
+    main()
