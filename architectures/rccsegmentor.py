@@ -35,6 +35,7 @@ from torch import nn
 
 from .blocks import AttentionGate, depthwise_conv
 from .blocks.cbam import ChannelGate, SpatialAttentionMap
+from .blocks.checkpointing import checkpointed
 from .weight_conversion import BATCH_NORM_ENTRIES, RenameRule, rename_keys
 
 PVT_V2_VARIANTS = ("pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b3", "pvt_v2_b4", "pvt_v2_b5")
@@ -374,6 +375,9 @@ class RccSegmentor(nn.Module):
         pretrained_weights: path of a local ImageNet PVTv2 checkpoint of the same ``backbone`` to start the
             encoder from (see ``load_pvt_v2_weights``); None: random initialisation, as the original's default.
             Nothing is downloaded.
+        activation_checkpointing: recompute the Feature Exploration Module in the backward pass instead of keeping
+            its activations (``torch.utils.checkpoint``; only in training with gradients on; no state-dict
+            change).
 
     Shapes:
         input (B, input_channels, H, W), any H, W (zero-padded at the end to multiples of 32, outputs cropped).
@@ -409,7 +413,8 @@ class RccSegmentor(nn.Module):
 
     def __init__(self, input_channels: int, num_classes: int, deep_supervision: bool = False,
                  backbone: str = "pvt_v2_b2", decoder_channels: int = 64, depthwise_fem: bool | None = None,
-                 drop_path_rate: float = 0.1, pretrained_weights: str | os.PathLike | None = None) -> None:
+                 drop_path_rate: float = 0.1, pretrained_weights: str | os.PathLike | None = None,
+                 activation_checkpointing: bool = False) -> None:
         super().__init__()
         if depthwise_fem is None:
             depthwise_fem = self.depthwise_fem_default
@@ -420,6 +425,7 @@ class RccSegmentor(nn.Module):
         self.decoder = MultiScaleFeatureAggregationDecoder(channels[1:], decoder_channels, num_classes,
                                                            deep_supervision)
         self.head = nn.Conv2d(decoder_channels, num_classes, 1)
+        self.activation_checkpointing = activation_checkpointing
         _init_normal(self.fem)
         _init_normal(self.decoder.cascade.gga_low)
         _init_normal(self.decoder.cascade.gga_high)
@@ -452,7 +458,8 @@ class RccSegmentor(nn.Module):
             x = F.pad(x, (0, padded[1] - size[1], 0, padded[0] - size[0]))
         features = self.encoder(x)
         x_high, aux = self.decoder(features[1:])
-        logits = self.head(self.fem(features[0]) + x_high)
+        x_low = checkpointed(self.fem, features[0], enabled=self.activation_checkpointing and self.training)
+        logits = self.head(x_low + x_high)
         logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)[..., :size[0], :size[1]]
         if aux is None:
             return logits

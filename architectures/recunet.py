@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import AttentionGate, TripletAttention, matching_norm, spatial_dims
+from .blocks.checkpointing import checkpointed
 from .weight_conversion import BATCH_NORM_ENTRIES, RenameRule, rename_keys
 
 ORIGINAL_FEATURES = (64, 128, 256, 512, 1024)
@@ -62,7 +63,12 @@ class ResidualEnhancementModule(nn.Module):
 
     Shapes:
         input (B, in_channels, *S) → output (B, out_channels, *S).
+
+    ``activation_checkpointing`` (attribute, default False, set by ``RECUNet``): recompute the triplet attention
+    in the backward pass.
     """
+
+    activation_checkpointing = False
 
     def __init__(self, conv_op: type[nn.Module], in_channels: int, out_channels: int) -> None:
         super().__init__()
@@ -72,7 +78,9 @@ class ResidualEnhancementModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1 = self.conv1(x)
-        return (x1 + self.attention(self.conv2(x1))) * 0.5
+        attended = checkpointed(self.attention, self.conv2(x1),
+                                enabled=self.activation_checkpointing and self.training)
+        return (x1 + attended) * 0.5
 
 
 class CalibrationModule(nn.Module):
@@ -174,6 +182,9 @@ class RECUNet(nn.Module):
             in a one-element list, and ``deep_supervision_scales`` lists that one scale.
         conv_op: ``nn.Conv2d`` (the original) or ``nn.Conv3d`` (3D form).
         features_per_stage: widths of the five stages, shallow to deep (smaller values for tests).
+        activation_checkpointing: recompute the triplet attention of every REM in the backward pass instead of
+            keeping its activations (``torch.utils.checkpoint``; only in training with gradients on; no
+            state-dict change).
 
     Shapes:
         input (B, input_channels, *S) with S of 2 or 3 axes, any size → logits (B, num_classes, *S), or
@@ -183,7 +194,7 @@ class RECUNet(nn.Module):
 
     def __init__(self, input_channels: int, num_classes: int, deep_supervision: bool = False,
                  conv_op: type[nn.Module] = nn.Conv2d,
-                 features_per_stage: Sequence[int] = ORIGINAL_FEATURES) -> None:
+                 features_per_stage: Sequence[int] = ORIGINAL_FEATURES, activation_checkpointing: bool = False) -> None:
         super().__init__()
         if len(features_per_stage) < 2:
             raise ValueError(f"features_per_stage needs at least 2 stages, got {list(features_per_stage)}")
@@ -197,6 +208,9 @@ class RECUNet(nn.Module):
         self.encoder = nn.ModuleList(ResidualEnhancementModule(conv_op, c_in, c_out)
                                      for c_in, c_out in zip(widths_in, self.features_per_stage))
         self.decoder = RECUNetDecoder(conv_op, self.features_per_stage, num_classes, deep_supervision)
+        for module in self.modules():
+            if isinstance(module, ResidualEnhancementModule):
+                module.activation_checkpointing = activation_checkpointing
 
     @property
     def total_stride(self) -> int:

@@ -28,6 +28,7 @@ from torch import nn
 
 from .blocks import AttentionGate, AttentiveDeformableConv, ChannelGate, InstanceNorm, SpatialAttentionMap
 from .blocks import depthwise_conv
+from .blocks.checkpointing import checkpointed
 from .weight_conversion import RenameRule, rename_keys
 
 Size3D = tuple[int, int, int]
@@ -447,7 +448,12 @@ class S2CAEncoder(nn.Module):
 
     Shapes:
         (B, C_in, *P) → [x0..x3] at strides 1, 2, 4, 8 with ``channels`` channels.
+
+    ``activation_checkpointing`` (attribute, default False, set by ``S2CANet``): recompute the tri-planar formers
+    in the backward pass.
     """
+
+    activation_checkpointing = False
 
     def __init__(self, input_channels: int, channels: Sequence[int], patch_size: Size3D,
                  embed_dims: Sequence[int], depths: Sequence[int]) -> None:
@@ -468,7 +474,8 @@ class S2CAEncoder(nn.Module):
                 x = stage(x)
             else:
                 first, x = stage.forward_with_first(x)
-                x = x + self.formers[level - self.first_former](first)
+                former = self.formers[level - self.first_former]
+                x = x + checkpointed(former, first, enabled=self.activation_checkpointing and self.training)
             features.append(x)
         return features
 
@@ -484,7 +491,12 @@ class S2CADecoder(nn.Module):
     Shapes:
         refined skips x0..x2 and bottom (stride 8) → logits at stride 1, or [strides 1, 2, 4, 8] with deep
         supervision.
+
+    ``activation_checkpointing`` (attribute, default False, set by ``S2CANet``): recompute the tri-planar formers
+    in the backward pass.
     """
+
+    activation_checkpointing = False
 
     def __init__(self, channels: Sequence[int], num_classes: int, patch_size: Size3D, embed_dims: Sequence[int],
                  depths: Sequence[int], deep_supervision: bool) -> None:
@@ -510,14 +522,15 @@ class S2CADecoder(nn.Module):
         self.heads = nn.ModuleList(nn.Conv3d(c, num_classes, 1) for c in channels)
 
     def forward(self, skips: Sequence[torch.Tensor], bottom: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        x = self.bottom_block(bottom) + self.bottom_former(bottom)
+        checkpointing = self.activation_checkpointing and self.training
+        x = self.bottom_block(bottom) + checkpointed(self.bottom_former, bottom, enabled=checkpointing)
         outputs = [x]
         for gate, block, level in zip(self.gates, self.blocks, reversed(range(len(skips)))):
             upsampled = F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
             merged = torch.cat((gate(skips[level], x), upsampled), dim=1)
             x = block(merged)
             if str(level) in self.formers:
-                x = x + self.formers[str(level)](merged)
+                x = x + checkpointed(self.formers[str(level)], merged, enabled=checkpointing)
             outputs.insert(0, x)
         if not self.deep_supervision:
             return self.heads[0](x)
@@ -552,6 +565,9 @@ class S2CANet(nn.Module):
             original passes its ``layers=[4, 2]`` to the decoder only; the encoder keeps its own default [6, 2]).
         mlp_embed_dim, mlp_depth, mlp_shift: VAS-MLP width, depth and shift groups.
         deformable_reduction: MS-ADC input channels / sampled channels.
+        activation_checkpointing: recompute the tri-planar formers (encoder and decoder) and the MS-ADC in the
+            backward pass instead of keeping their activations (``torch.utils.checkpoint``; only in training
+            with gradients on; no state-dict change).
         original_compatible: compute exactly what the original code computes where this implementation
             deliberately differs (see "Differences from the original" below; the state dict is the same). Needs a
             cubic patch, the only size the original runs at.
@@ -607,7 +623,7 @@ class S2CANet(nn.Module):
                  embed_dims: Sequence[int] = (256, 512), encoder_depths: Sequence[int] = (6, 2),
                  decoder_depths: Sequence[int] = (4, 2), mlp_embed_dim: int = 128,
                  mlp_depth: int = 4, mlp_shift: int = 5, deformable_reduction: int = 12,
-                 original_compatible: bool = False) -> None:
+                 original_compatible: bool = False, activation_checkpointing: bool = False) -> None:
         super().__init__()
         if len(channels) != 4 or not len(embed_dims) == len(encoder_depths) == len(decoder_depths) == 2:
             raise ValueError("S2CANet has four levels (channels) and formers at levels 2 and 3 (embed_dims, "
@@ -625,6 +641,8 @@ class S2CANet(nn.Module):
                                                    original_compatible)
         self.decoder = S2CADecoder(channels, num_classes, self.patch_size, embed_dims, decoder_depths,
                                    deep_supervision)
+        self.activation_checkpointing = activation_checkpointing
+        self.encoder.activation_checkpointing = self.decoder.activation_checkpointing = activation_checkpointing
 
     @classmethod
     def check_patch_size(cls, patch_size: Sequence[int]) -> None:
@@ -666,7 +684,8 @@ class S2CANet(nn.Module):
             x = F.pad(x, [amount for s, p in zip(reversed(size), reversed(padded)) for amount in (0, p - s)])
         x0, x1, x2, x3 = self.encoder(x)
         bottom = self.context([x0, x1, x2, x3])
-        x0, x1, x2 = self.skip_refinement(x0, x1, x2)
+        x0, x1, x2 = checkpointed(self.skip_refinement, x0, x1, x2,
+                                  enabled=self.activation_checkpointing and self.training)
         out = self.decoder([x0, x1, x2], bottom)
         if size == padded:
             return out

@@ -34,6 +34,7 @@ from torch import nn
 from torch.nn.functional import scaled_dot_product_attention
 
 from .blocks import ASPP, SCSE, AttentionGate, DepthwiseSeparableConv, InstanceNorm, depthwise_conv
+from .blocks.checkpointing import checkpointed
 from .weight_conversion import BATCH_NORM_ENTRIES, RenameRule, rename_keys
 
 Size3D = tuple[int, int, int]
@@ -210,9 +211,14 @@ class MixVisionTransformer3D(nn.Module):
         embed_dims, depths, num_heads, sr_ratios: per stage.
         mlp_ratio: Mix-FFN expansion (all stages).
 
+    ``activation_checkpointing`` (attribute, default False, set by ``SegFormer3DVariant``): recompute each
+    transformer block in the backward pass.
+
     Shapes:
         input (B, C_in, D, H, W) → list of (B, embed_dims[i], *ceil(size / 2^(i+1))), channels-last in memory.
     """
+
+    activation_checkpointing = False
 
     def __init__(self, in_channels: int, embed_dims: Sequence[int], depths: Sequence[int],
                  num_heads: Sequence[int], sr_ratios: Sequence[int], mlp_ratio: int) -> None:
@@ -230,7 +236,7 @@ class MixVisionTransformer3D(nn.Module):
         for embed, blocks, norm in zip(self.patch_embeds, self.stages, self.norms):
             tokens, size = embed(x)
             for block in blocks:
-                tokens = block(tokens, size)
+                tokens = checkpointed(block, tokens, size, enabled=self.activation_checkpointing and self.training)
             x = _tokens_to_volume(norm(tokens), size)
             features.append(x)
         return features
@@ -317,6 +323,9 @@ class SegFormer3DVariant(nn.Module):
         mlp_ratio: Mix-FFN expansion.
         decoder_channels: decoder width.
         aspp_rates: ASPP dilation rates.
+        activation_checkpointing: recompute each transformer block in the backward pass instead of keeping
+            its activations (``torch.utils.checkpoint``; only in training with gradients on; no state-dict
+            change). Costs about one more forward of the encoder's blocks, saves most of their memory.
 
     Shapes:
         input (B, input_channels, D, H, W), any D, H, W.
@@ -354,11 +363,13 @@ class SegFormer3DVariant(nn.Module):
     def __init__(self, input_channels: int, num_classes: int, deep_supervision: bool = False,
                  embed_dims: Sequence[int] = (32, 64, 160, 256), depths: Sequence[int] = (2, 2, 2, 2),
                  num_heads: Sequence[int] = (1, 2, 5, 8), sr_ratios: Sequence[int] = DEFAULT_SR_RATIOS,
-                 mlp_ratio: int = 4, decoder_channels: int = 128, aspp_rates: Sequence[int] = (1, 2, 3)) -> None:
+                 mlp_ratio: int = 4, decoder_channels: int = 128, aspp_rates: Sequence[int] = (1, 2, 3),
+                 activation_checkpointing: bool = False) -> None:
         super().__init__()
         if not len(embed_dims) == len(depths) == len(num_heads) == len(sr_ratios):
             raise ValueError("embed_dims, depths, num_heads and sr_ratios need one entry per stage")
         self.encoder = MixVisionTransformer3D(input_channels, embed_dims, depths, num_heads, sr_ratios, mlp_ratio)
+        self.encoder.activation_checkpointing = activation_checkpointing
         self.decoder = ASPPFPNDecoder(embed_dims, num_classes, decoder_channels, aspp_rates, deep_supervision)
         self.sr_ratios = tuple(sr_ratios)
 
