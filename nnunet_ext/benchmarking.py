@@ -49,10 +49,21 @@ DEFAULT_REFERENCE = "nnUNetTrainer"
 DEFAULT_NSD_TOLERANCE_MM = 2.0
 ALL_FOLDS = ("0", "1", "2", "3", "4")
 MEAN_KEY = "mean"  # the per-case mean over the foreground labels/regions
+OUTPUT_FILES = ("benchmark.md", "benchmark.csv", "benchmark_cases.csv", "benchmark.png")
 
 
 class BenchmarkError(ValueError):
     """Results that cannot be compared as asked; the message says what exists and what to do."""
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file of nnU-Net's results; a damaged one is a BenchmarkError that names it."""
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:  # JSONDecodeError, or bytes that are not text
+        raise BenchmarkError(f"{path} is not valid JSON ({error}): a damaged or partly written file. Recreate it "
+                             "(nnUNetv2_train --val rewrites a fold's validation/summary.json; nnunet-ext cv does "
+                             "that for a damaged one), or move the folder away.") from error
 
 
 # ---- surface metrics ---------------------------------------------------------------------------------------------
@@ -172,7 +183,7 @@ def _check_belongs_to_dataset(model: Model, dataset_name: str) -> None:
     plans_file = model.folder / "plans.json"
     if not plans_file.is_file():
         raise BenchmarkError(f"{plans_file} is missing: not an nnU-Net results folder (nnUNetv2_train writes it).")
-    plans = json.loads(plans_file.read_text())
+    plans = read_json(plans_file)
     if plans.get("dataset_name") != dataset_name or plans.get("plans_name") != model.plans:
         raise BenchmarkError(
             f"{model.folder} holds results of dataset {plans.get('dataset_name')} with plans {plans.get('plans_name')} "
@@ -207,14 +218,14 @@ def evaluate_model(model: Model, gt_folder: Path, tolerance_mm: float) -> list[C
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     plans_manager = PlansManager(str(model.folder / "plans.json"))
-    dataset_json = json.loads((model.folder / "dataset.json").read_text())
+    dataset_json = read_json(model.folder / "dataset.json")
     ending = dataset_json["file_ending"]
     reader = plans_manager.image_reader_writer_class()
     ignore_label = plans_manager.get_label_manager(dataset_json).ignore_label
     rows = []
     for fold in model.folds:
         validation = model.folder / f"fold_{fold}" / "validation"
-        summary = json.loads((validation / "summary.json").read_text())
+        summary = read_json(validation / "summary.json")
         for entry in summary["metric_per_case"]:
             case = Path(entry["prediction_file"]).name.removesuffix(ending)
             reference_file, prediction_file = gt_folder / f"{case}{ending}", validation / f"{case}{ending}"
@@ -287,7 +298,7 @@ def network_size(model: Model, trainer_class: type) -> tuple[int, float, list[in
 
     plans_manager = PlansManager(str(model.folder / "plans.json"))
     configuration = plans_manager.get_configuration(model.configuration)
-    dataset_json = json.loads((model.folder / "dataset.json").read_text())
+    dataset_json = read_json(model.folder / "dataset.json")
     channels = determine_num_input_channels(plans_manager, configuration, dataset_json)
     outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
     patch = [int(p) for p in configuration.patch_size]
@@ -451,7 +462,7 @@ def collect(dataset: str, configurations: list[str], trainers: list[str], plans:
             reference_cases = {c.case: c.dice for c in cases_of(reference_model) if c.label == MEAN_KEY}
             summary.comparison = compare(summary.per_case_dice(), reference_cases, reference_name)
         summaries.append(summary)
-    dataset_json = json.loads((models[0].folder / "dataset.json").read_text())
+    dataset_json = read_json(models[0].folder / "dataset.json")
     return dataset_name, label_names(dataset_json), summaries
 
 
@@ -616,7 +627,7 @@ def run_find_best_configuration(dataset_name: str, summaries: list[ModelSummary]
         raise RuntimeError(f"nnUNetv2_find_best_configuration failed (exit {result.returncode}):\n"
                            f"{(result.stdout + result.stderr)[-3000:]}")
     results = Path(os.environ["nnUNet_results"]) / dataset_name
-    information = json.loads((results / "inference_information.json").read_text())
+    information = read_json(results / "inference_information.json")
     best = information["best_model_or_ensemble"]
     chosen = " + ".join(f"{m['trainer']} {m['configuration']}" for m in best["selected_model_or_models"])
     kind = "ensemble" if len(best["selected_model_or_models"]) > 1 else "single model"
@@ -634,15 +645,22 @@ def run_find_best_configuration(dataset_name: str, summaries: list[ModelSummary]
 def run_benchmark(dataset: str, configurations: list[str], trainers: list[str], output: str | os.PathLike,
                   plans: str | None = None, reference: str | None = None, folds: list[str] | None = None,
                   tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, ensemble: bool = False,
-                  processes: int = 1) -> Path:
-    """The ``nnunet-ext benchmark`` command; returns the output folder."""
+                  processes: int = 1, overwrite: bool = False) -> Path:
+    """The ``nnunet-ext benchmark`` command; returns the output folder. Existing outputs are replaced only with
+    ``overwrite``."""
+    output = Path(output)
+    existing = [output / name for name in OUTPUT_FILES if (output / name).exists()]
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"-o {output} is a file; give a folder for {', '.join(OUTPUT_FILES)}.")
+    if existing and not overwrite:
+        raise FileExistsError(f"{output} holds a benchmark already ({', '.join(p.name for p in existing)}). Pass "
+                              "--overwrite to replace it, or give another -o folder.")
     dataset_name, names, summaries = collect(dataset, configurations, trainers, plans, reference, folds, tolerance_mm)
     for s in summaries:
         if s.model.missing_folds:
             print(f"Missing folds: {s.model.trainer} {s.model.configuration} has no validation/summary.json for "
                   f"fold(s) {', '.join(s.model.missing_folds)}; benchmarking folds {', '.join(s.model.folds)}.")
     ensemble_report = run_find_best_configuration(dataset_name, summaries, processes) if ensemble else None
-    output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     write_csv(output / "benchmark.csv", csv_rows(summaries, names, tolerance_mm))
     write_cases_csv(output / "benchmark_cases.csv", summaries)
@@ -671,10 +689,11 @@ def configure_parser(parser) -> None:
                         help="also run nnU-Net's find_best_configuration (best single model or ensemble)")
     parser.add_argument("-np", dest="processes", type=int, default=1,
                         help="processes for --ensemble (nnUNetv2_find_best_configuration -np)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the benchmark files in the -o folder")
     parser.set_defaults(func=command)
 
 
 def command(args) -> None:
     run_benchmark(args.dataset, args.configurations, args.trainers, args.output, plans=args.plans,
                   reference=args.reference, folds=args.folds, tolerance_mm=args.nsd_tolerance,
-                  ensemble=args.ensemble, processes=args.processes)
+                  ensemble=args.ensemble, processes=args.processes, overwrite=args.overwrite)

@@ -1,12 +1,17 @@
 """``nnunet-ext cv``: run the cross-validation folds of several trainers through nnU-Net's own ``nnUNetv2_train``.
 
-Every (configuration, trainer, fold) is one job. Its state is read from the fold folder that nnU-Net writes:
+Every (configuration, trainer, fold) is one job. Its state is read from the fold folder that nnU-Net writes, and
+a file counts only if it loads (a checkpoint is checked as ``--c`` checks it, tensors memory-mapped; a summary must
+parse):
 
 * ``finished``: ``checkpoint_final.pth`` and ``validation/summary.json`` with the ``.npz`` probabilities that
   ``nnUNetv2_find_best_configuration`` ensembles: skipped;
-* ``validate``: trained, but the validation (or its ``.npz`` files) is missing: ``nnUNetv2_train ... --val --npz``;
-* ``interrupted``: a checkpoint but no final one (a crash, a time limit, or our trainers' clean stop on SIGTERM /
-  SIGUSR1, exit status 75): resumed with nnU-Net's ``--c``;
+* ``validate``: trained, but the validation (or its ``.npz`` files) is missing or damaged:
+  ``nnUNetv2_train ... --val --npz``;
+* ``interrupted``: a loadable checkpoint but no loadable final one (a crash, a time limit, our trainers' clean stop
+  on SIGTERM / SIGUSR1 with exit status 75, or a damaged final checkpoint): resumed with nnU-Net's ``--c``, which
+  in our trainers falls back to the latest loadable checkpoint;
+* ``damaged``: checkpoints, none of them loadable: refused, naming the files (move them away to start again);
 * ``new``: trained from scratch with ``--npz``.
 
 Jobs run one after the other, or with ``--gpus 0,1`` one job per GPU at a time (``CUDA_VISIBLE_DEVICES``).
@@ -15,6 +20,7 @@ exits 75 and the next ``nnunet-ext cv`` resumes it. ``--emit-slurm FILE`` writes
 """
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -58,15 +64,48 @@ def results_folder(results_root: Path, dataset_name: str, trainer: str, plans: s
 
 
 def fold_state(fold_folder: Path) -> str:
-    """One of ``finished``, ``validate``, ``interrupted`` and ``new`` (see the module docstring)."""
-    validation = fold_folder / "validation"
-    if (fold_folder / "checkpoint_final.pth").is_file():
-        if (validation / "summary.json").is_file() and any(validation.glob("*.npz")):
-            return "finished"
-        return "validate"
-    if any((fold_folder / name).is_file() for name in ("checkpoint_latest.pth", "checkpoint_best.pth")):
-        return "interrupted"
-    return "new"
+    """One of ``finished``, ``validate``, ``interrupted``, ``damaged`` and ``new`` (see the module docstring)."""
+    return inspect_fold(fold_folder)[0]
+
+
+def inspect_fold(fold_folder: Path) -> tuple[str, str]:
+    """The fold's state and a note naming the files that could not be loaded ("" when none)."""
+    from nnunet_ext.trainers.base import CHECKPOINT_ORDER, load_checked_checkpoint
+
+    damaged = {}
+    loadable = []
+    for name in CHECKPOINT_ORDER:
+        if not (fold_folder / name).is_file():
+            continue
+        try:
+            load_checked_checkpoint(fold_folder / name)
+            loadable.append(name)
+        except Exception as error:  # truncated, corrupt or not a checkpoint: whatever torch.load raises
+            damaged[name] = f"{type(error).__name__}: {error}"
+    note = "; ".join(f"{name} cannot be loaded ({problem})" for name, problem in damaged.items())
+    if "checkpoint_final.pth" in loadable:
+        validation = fold_folder / "validation"
+        summary_problem = _summary_problem(validation / "summary.json")
+        if summary_problem is None and any(validation.glob("*.npz")):
+            return "finished", note
+        if summary_problem is not None and (validation / "summary.json").exists():
+            note = "; ".join(filter(None, [note, f"validation/summary.json {summary_problem}"]))
+        return "validate", note
+    if loadable:
+        return "interrupted", note
+    return ("damaged", note) if damaged else ("new", note)
+
+
+def _summary_problem(summary: Path) -> str | None:
+    try:
+        content = json.loads(summary.read_text())
+    except FileNotFoundError:
+        return "is missing"
+    except (OSError, ValueError) as error:
+        return f"cannot be read ({type(error).__name__}: {error})"
+    if not isinstance(content, dict) or "metric_per_case" not in content:
+        return "is not nnU-Net's evaluation summary (no metric_per_case)"
+    return None
 
 
 ACTIONS = {"finished": "skip (finished)", "validate": "validate (--val --npz)",
@@ -82,6 +121,7 @@ class FoldJob:
     fold: str
     folder: Path
     state: str
+    note: str = ""  # files of the fold that could not be loaded
 
     @property
     def tag(self) -> str:
@@ -100,6 +140,22 @@ def parse_folds(folds: list[str]) -> list[str]:
         if fold != "all" and not (fold.isdigit()):
             raise CrossValidationError(f"Invalid fold '{fold}': give integers 0..4 (nnU-Net's 5-fold split) or 'all'.")
     return list(dict.fromkeys(str(int(f)) if f.isdigit() else f for f in folds))
+
+
+def check_folds_exist(folds: list[str], preprocessed_dataset: Path) -> None:
+    """Every numbered fold is one of the dataset's splits: nnU-Net trains a fold beyond them on a random 80:20
+    split instead of failing. The splits are those of splits_final.json, else nnU-Net's 5 folds."""
+    splits_file = preprocessed_dataset / "splits_final.json"
+    try:
+        count = len(json.loads(splits_file.read_text())) if splits_file.is_file() else 5
+    except (OSError, ValueError) as error:
+        raise CrossValidationError(f"{splits_file} cannot be read ({error}); fix or delete it (nnU-Net then makes "
+                                   "its 5-fold split again).") from error
+    beyond = [f for f in folds if f != "all" and int(f) >= count]
+    if beyond:
+        source = f"{splits_file}" if splits_file.is_file() else "nnU-Net's 5-fold split"
+        raise CrossValidationError(f"Invalid fold(s) {', '.join(beyond)}: the dataset has {count} folds "
+                                   f"({source}), so give integers 0..{count - 1} or 'all'.")
 
 
 def parse_gpus(gpus: str | None) -> list[int]:
@@ -133,6 +189,7 @@ def plan_jobs(dataset: str, configurations: list[str], trainers: list[str], fold
     paths = checks.require_nnunet_paths()
     dataset_name = checks.find_dataset(dataset, paths)
     folds = parse_folds(folds)
+    check_folds_exist(folds, paths["nnUNet_preprocessed"] / dataset_name)
     jobs = []
     for configuration in dict.fromkeys(configurations):
         plans_dict = checks.load_plans(dataset_name, plans, configuration, paths)
@@ -142,7 +199,13 @@ def plan_jobs(dataset: str, configurations: list[str], trainers: list[str], fold
             output = results_folder(paths["nnUNet_results"], dataset_name, trainer_name, plans, configuration)
             for fold in folds:
                 folder = output / f"fold_{fold}"
-                jobs.append(FoldJob(configuration, trainer_name, fold, folder, fold_state(folder)))
+                jobs.append(FoldJob(configuration, trainer_name, fold, folder, *inspect_fold(folder)))
+    damaged = [job for job in jobs if job.state == "damaged"]
+    if damaged:
+        raise CrossValidationError(
+            "No checkpoint of these folds can be loaded, so they can neither be skipped nor resumed: "
+            + "; ".join(f"{job.folder}: {job.note}" for job in damaged)
+            + ". Move the damaged files out of the fold folder to train the fold from scratch.")
     return dataset_name, jobs
 
 
@@ -151,7 +214,8 @@ def describe_plan(jobs: list[FoldJob], dataset: str, plans: str, device: str) ->
     for index, job in enumerate(jobs, 1):
         command = ("" if job.state == "finished" else
                    "  $ nnUNetv2_train " + shlex.join(job.arguments(dataset, plans, device)))
-        lines.append(f"[{index}/{len(jobs)}] {job.tag}: {ACTIONS[job.state]}{command}")
+        note = f" ({job.note})" if job.note else ""
+        lines.append(f"[{index}/{len(jobs)}] {job.tag}: {ACTIONS[job.state]}{note}{command}")
     pending = sum(job.state != "finished" for job in jobs)
     lines.append(f"{pending} of {len(jobs)} fold(s) to run, {len(jobs) - pending} finished.")
     return "\n".join(lines)
@@ -261,8 +325,12 @@ def default_device() -> str:
 def run_cross_validation(dataset: str, configurations: list[str], trainers: list[str], folds: list[str],
                          plans: str = "nnUNetPlans", device: str | None = None, gpus: str | None = None,
                          dry_run: bool = False, emit_slurm: str | os.PathLike | None = None,
-                         slurm_options: dict | None = None, verbose: bool | None = None) -> int:
-    """The ``nnunet-ext cv`` command; returns its exit status (0, 1 if a fold failed, 75 if interrupted)."""
+                         slurm_options: dict | None = None, verbose: bool | None = None,
+                         overwrite: bool = False) -> int:
+    """The ``nnunet-ext cv`` command; returns its exit status (0, 1 if a fold failed, 75 if interrupted).
+    ``overwrite`` allows ``emit_slurm`` to replace an existing file."""
+    if emit_slurm is not None:
+        check_script_target(Path(emit_slurm), overwrite)
     gpu_indices = parse_gpus(gpus) if emit_slurm is None else []
     if device is None:
         device = "cuda" if gpu_indices or emit_slurm is not None else default_device()
@@ -296,6 +364,15 @@ def run_cross_validation(dataset: str, configurations: list[str], trainers: list
     if not_started:
         print(f"  {not_started} fold(s) not started (stopped by a signal)")
     return status
+
+
+def check_script_target(path: Path, overwrite: bool) -> None:
+    """``--emit-slurm FILE`` names a file to write: not a folder, and not an existing file unless ``overwrite``."""
+    if path.is_dir():
+        raise CrossValidationError(f"--emit-slurm {path} is a folder; give a file name, e.g. {path / 'cv.sbatch'}.")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"--emit-slurm {path} exists already. Pass --overwrite to replace it, or give another "
+                              "file name.")
 
 
 def write_slurm_script(path: Path, dataset_id: str, plans: str, jobs: list[FoldJob], time_limit: str = "24:00:00",
@@ -374,6 +451,7 @@ def configure_parser(parser) -> None:
     parser.add_argument("--slurm-time", default="24:00:00", help="#SBATCH --time of each task (default 24:00:00)")
     parser.add_argument("--slurm-partition", default=None, help="#SBATCH --partition")
     parser.add_argument("--slurm-cpus", type=int, default=8, help="#SBATCH --cpus-per-task (default 8)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --emit-slurm file")
     parser.add_argument("--quiet", action="store_true",
                         help="show only progress lines of nnU-Net's output (the default with several GPUs)")
     parser.set_defaults(func=command)
@@ -384,6 +462,6 @@ def command(args) -> None:
         args.dataset, args.configurations, args.trainers, args.folds, plans=args.plans, device=args.device,
         gpus=args.gpus, dry_run=args.dry_run, emit_slurm=args.emit_slurm,
         slurm_options={"time_limit": args.slurm_time, "partition": args.slurm_partition, "cpus": args.slurm_cpus},
-        verbose=False if args.quiet else None)
+        verbose=False if args.quiet else None, overwrite=args.overwrite)
     if status:
         raise SystemExit(status)

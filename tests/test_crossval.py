@@ -5,6 +5,7 @@ import shutil
 import subprocess
 
 import pytest
+import torch
 
 from conftest import run_command
 
@@ -72,21 +73,69 @@ def test_interrupted_fold_is_resumed_with_c(cv_trained):
     assert "ok" in result.stdout.split("Summary:")[1]
 
 
-def test_fold_states_follow_nnunets_files(tmp_path):
+def _checkpoint(path, **content):
+    """A file as nnU-Net's save_checkpoint writes it: a torch.save zip archive holding its entries."""
+    entries = {"network_weights": {"w": torch.zeros(4)}, "optimizer_state": {}, "logging": {}, "current_epoch": 1,
+               "init_args": {}, "trainer_name": "T", **content}
+    torch.save(entries, path)
+
+
+def test_fold_states_follow_nnunets_files_that_load(tmp_path):
     fold = tmp_path / "fold_0"
     assert crossval.fold_state(fold) == "new"
     fold.mkdir()
-    (fold / "checkpoint_best.pth").touch()
+    _checkpoint(fold / "checkpoint_best.pth")
     assert crossval.fold_state(fold) == "interrupted"
-    (fold / "checkpoint_final.pth").touch()
+    _checkpoint(fold / "checkpoint_final.pth")
     assert crossval.fold_state(fold) == "validate"  # trained, never validated
     (fold / "validation").mkdir()
-    (fold / "validation" / "summary.json").write_text("{}")
+    (fold / "validation" / "summary.json").write_text('{"metric_per_case": []}')
     assert crossval.fold_state(fold) == "validate"  # validated without --npz: ensembling needs the probabilities
     (fold / "validation" / "case_000.npz").touch()
     assert crossval.fold_state(fold) == "finished"
     job = crossval.FoldJob("3d_fullres", "T", "0", fold, "validate")
     assert job.arguments("980", "nnUNetPlans", "cpu")[-4:] == ["--npz", "-device", "cpu", "--val"]
+
+    (fold / "validation" / "summary.json").write_text('{"metric_per_case": [')  # cut off while written
+    assert crossval.inspect_fold(fold) == ("validate", "validation/summary.json cannot be read (JSONDecodeError: "
+                                                       "Expecting value: line 1 column 22 (char 21))")
+    (fold / "validation" / "summary.json").write_text('{"metric_per_case": []}')
+    final = fold / "checkpoint_final.pth"
+    final.write_bytes(final.read_bytes()[:-100])  # truncated: the damaged final checkpoint is resumed from best
+    assert crossval.inspect_fold(fold) == ("interrupted", "checkpoint_final.pth cannot be loaded (ValueError: not a "
+                                                          "complete checkpoint (truncated or corrupt: no zip "
+                                                          "directory at its end))")
+    (fold / "checkpoint_best.pth").write_bytes(b"")
+    assert crossval.inspect_fold(fold)[0] == "damaged"  # checkpoints, none of them loadable
+    _checkpoint(fold / "checkpoint_best.pth")
+    torch.save({"weights": 1}, final)  # loads, but is no nnU-Net checkpoint
+    assert "checkpoint_final.pth cannot be loaded (KeyError" in crossval.inspect_fold(fold)[1]
+
+
+def test_damaged_files_are_planned_by_what_loads_and_unloadable_folds_are_refused(cv_trained, tmp_path, capsys,
+                                                                                  monkeypatch):
+    trained = _fold(cv_trained, CV_TRAINERS[0], "0")
+    results = tmp_path / "results"
+    model = results / cv_trained.dataset_name / f"{CV_TRAINERS[0]}__nnUNetPlans__3d_fullres"
+    shutil.copytree(trained, model / "fold_0")
+    (model / "fold_0" / "checkpoint_final.pth").write_bytes(b"")  # zero bytes, its .npz and summary still there
+    shutil.copy(trained / "checkpoint_final.pth", model / "fold_0" / "checkpoint_latest.pth")
+    shutil.copytree(trained, model / "fold_1")
+    (model / "fold_1" / "validation" / "summary.json").write_text("{")
+    env = {**cv_trained.env, "nnUNet_results": str(results)}
+
+    status, out, err = _cv_in_process(capsys, monkeypatch, env, "-tr", CV_TRAINERS[0], "--folds", "0", "1",
+                                      "-device", "cpu", "--dry-run")
+    assert status == 0, err
+    assert (f"fold 0: resume (--c) (checkpoint_final.pth cannot be loaded (ValueError: the file is empty))  $ "
+            f"nnUNetv2_train {CV_DATASET_ID} 3d_fullres 0") in out
+    assert "fold 1: validate (--val --npz) (validation/summary.json cannot be read (JSONDecodeError" in out
+
+    for checkpoint in (model / "fold_0").glob("checkpoint_*.pth"):  # final, latest and best
+        checkpoint.write_bytes(b"PK")
+    error = _cv_error(capsys, monkeypatch, env, "-tr", CV_TRAINERS[0], "--folds", "0", "--dry-run")
+    assert "No checkpoint of these folds can be loaded" in error and str(model / "fold_0") in error
+    assert "checkpoint_latest.pth cannot be loaded" in error and "Move the damaged files out" in error
 
 
 def test_dry_run_prints_the_plan_and_runs_nothing(cv_trained, capsys, monkeypatch):
@@ -115,6 +164,14 @@ def test_emit_slurm_writes_a_requeueing_array_of_unfinished_folds(cv_trained, tm
     assert '-tr "$TRAINER" --folds "$FOLD" -p nnUNetPlans -device cuda &' in text
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
 
+    arguments = ["-tr", CV_TRAINERS[0], "--folds", "2", "--emit-slurm", str(script)]
+    error = _cv_error(capsys, monkeypatch, cv_trained.env, *arguments)
+    assert f"--emit-slurm {script} exists already. Pass --overwrite" in error and script.read_text() == text
+    error = _cv_error(capsys, monkeypatch, cv_trained.env, "-tr", CV_TRAINERS[0], "--emit-slurm", str(tmp_path))
+    assert f"--emit-slurm {tmp_path} is a folder; give a file name" in error
+    status, _, _ = _cv_in_process(capsys, monkeypatch, cv_trained.env, *arguments, "--overwrite")
+    assert status == 0 and "#SBATCH --array=0-0" in script.read_text()
+
 
 def _cv_error(capsys, monkeypatch, env, *arguments: str) -> str:
     status, _, err = _cv_in_process(capsys, monkeypatch, env, *arguments)
@@ -137,4 +194,30 @@ def test_unknown_trainer_and_fold_are_refused_before_training(cv_trained, capsys
     assert "Unknown trainer 'nnUNetTrainerNoSuchNet'" in error and "nnUNetTrainerSegFormer3DVariant" in error
     error = _cv_error(capsys, monkeypatch, cv_trained.env, "-tr", CV_TRAINERS[0], "--folds", "first")
     assert "Invalid fold 'first'" in error
+    error = _cv_error(capsys, monkeypatch, cv_trained.env, "-tr", CV_TRAINERS[0], "--folds", "0", "5")
+    assert "Invalid fold(s) 5: the dataset has 5 folds" in error and "0..4" in error
     assert not _fold(cv_trained, "nnUNetTrainerNoSuchNet", "0").exists()
+
+
+def test_benchmark_keeps_an_earlier_report_and_names_a_damaged_json_file(cv_trained, tmp_path, capsys, monkeypatch):
+    for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(variable, cv_trained.env[variable])
+    benchmark = ["benchmark", "-d", str(CV_DATASET_ID), "-c", "3d_fullres", "-tr", CV_TRAINERS[0], "--folds", "0"]
+    output = tmp_path / "report"
+    output.mkdir()
+    (output / "benchmark.md").write_text("an earlier benchmark")
+    assert cli.main([*benchmark, "-o", str(output)]) == 2
+    assert "holds a benchmark already (benchmark.md). Pass --overwrite" in capsys.readouterr().err
+    assert (output / "benchmark.md").read_text() == "an earlier benchmark"
+
+    trained = cv_trained.model_folder(CV_TRAINERS[0])
+    copy = tmp_path / "results" / cv_trained.dataset_name / trained.name
+    (copy / "fold_0" / "validation").mkdir(parents=True)
+    for name in ("plans.json", "dataset.json"):
+        shutil.copy(trained / name, copy / name)
+    summary = copy / "fold_0" / "validation" / "summary.json"
+    summary.write_text((trained / "fold_0" / "validation" / "summary.json").read_text()[:200])  # cut off
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    assert cli.main([*benchmark, "-o", str(tmp_path / "other")]) == 2
+    error = capsys.readouterr().err
+    assert f"{summary} is not valid JSON" in error and "Traceback" not in error

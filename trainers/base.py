@@ -18,6 +18,7 @@ import os
 import signal
 import threading
 import time
+import zipfile
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -122,6 +123,22 @@ def save_atomically(obj: object, filename: str) -> None:
     partial = filename + PARTIAL_SUFFIX
     torch.save(obj, partial)
     replace_durably(partial, filename)
+
+
+def load_checked_checkpoint(filename: str | os.PathLike) -> dict:
+    """An nnU-Net checkpoint loaded cheaply for checking: its tensors memory-mapped, not read. Raises on a truncated
+    or corrupt file (a zip archive without its directory, a failed unpickling) and on a file that is no nnU-Net
+    checkpoint (KeyError naming the missing entries). ``--c`` and ``nnunet-ext cv`` check files with it."""
+    if os.path.getsize(filename) == 0:
+        raise ValueError("the file is empty")
+    if not zipfile.is_zipfile(filename):  # torch.save writes a zip archive, whose directory comes last
+        raise ValueError("not a complete checkpoint (truncated or corrupt: no zip directory at its end)")
+    checkpoint = torch.load(filename, map_location="cpu", weights_only=False, mmap=True)
+    missing = [k for k in _CHECKPOINT_KEYS if k not in checkpoint] if isinstance(checkpoint, dict) else \
+        list(_CHECKPOINT_KEYS)
+    if missing:
+        raise KeyError(f"no {', '.join(missing)} in it")
+    return checkpoint
 
 
 def _env_number(name: str, default: float, kind: type) -> float:
@@ -379,10 +396,7 @@ class PreemptionSafeMixin:
         skipped = []
         for candidate in candidates:
             try:
-                checkpoint = torch.load(candidate, map_location="cpu", weights_only=False)
-                missing = [k for k in _CHECKPOINT_KEYS if k not in checkpoint]
-                if missing:
-                    raise KeyError(f"no {', '.join(missing)} in it")
+                checkpoint = load_checked_checkpoint(candidate)
             except Exception as error:  # truncated, corrupt or not a checkpoint at all
                 if not may_fall_back:
                     raise
