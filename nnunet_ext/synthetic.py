@@ -126,7 +126,7 @@ def make_synthetic_dataset(dataset_id: int, *, dim: int = 3, num_cases: int = 10
 
     Raises:
         ValueError: an invalid argument.
-        RuntimeError: ``raw_dir`` is None and ``nnUNet_raw`` is unset.
+        RuntimeError: ``raw_dir`` is None and ``nnUNet_raw`` is unset, or the raw folder is a file.
         FileExistsError: a raw folder with this id exists and ``overwrite`` is False (nothing is touched then).
     """
     _check_dataset_id(dataset_id)
@@ -139,7 +139,7 @@ def make_synthetic_dataset(dataset_id: int, *, dim: int = 3, num_cases: int = 10
     if existing and not overwrite:
         raise FileExistsError(
             f"Dataset id {dataset_id} already exists in {root}: {', '.join(e.name for e in existing)}. "
-            "Pass --overwrite (overwrite=True) to replace it, or choose another dataset id.")
+            "Pass --overwrite to replace it, or choose another dataset id.")
 
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"Dataset{dataset_id:03d}_{name}"
@@ -169,7 +169,7 @@ def _check_dataset_id(dataset_id: int) -> None:
 
 def _check_arguments(dim: int, num_cases: int, num_test_cases: int, channels: int, seed: int) -> None:
     if not _is_integer(dim) or dim not in (2, 3):
-        raise ValueError(f"Invalid dim {dim!r}: use 2 (2D slices) or 3 (3D volumes).")
+        raise ValueError(f"Invalid --dim {dim!r}: use 2 (2D slices) or 3 (3D volumes).")
     if not _is_integer(num_cases) or num_cases < 1:
         raise ValueError(f"Invalid number of training cases {num_cases!r}: use at least 1 "
                          "(at least 5 for nnU-Net's 5-fold cross-validation).")
@@ -188,8 +188,8 @@ def _check_shape(dim: int, shape: tuple[int, ...] | None) -> tuple[int, ...]:
     shape = tuple(shape)
     if len(shape) != dim or not all(_is_integer(s) and s >= MIN_AXIS_LENGTH for s in shape):
         axes = "(z, y, x)" if dim == 3 else "(y, x)"
-        raise ValueError(f"Invalid shape {shape!r} for dim={dim}: give {dim} integers {axes}, "
-                         f"each at least {MIN_AXIS_LENGTH}.")
+        raise ValueError(f"Invalid --shape {' '.join(map(str, shape))} for --dim {dim}: give {dim} integers "
+                         f"{axes}, each at least {MIN_AXIS_LENGTH}.")
     return tuple(int(s) for s in shape)
 
 
@@ -206,12 +206,17 @@ def _default_name(dim: int, channels: int, regions: bool) -> str:
 
 def _resolve_raw_dir(raw_dir: str | os.PathLike | None) -> pathlib.Path:
     if raw_dir is not None:
-        return pathlib.Path(raw_dir)
-    from_environment = os.environ.get("nnUNet_raw")
-    if not from_environment:
-        raise RuntimeError("The environment variable nnUNet_raw is not set, so nnU-Net's raw data folder is "
-                           "unknown. Set it, e.g. `export nnUNet_raw=/path/to/nnUNet_raw`, or pass raw_dir.")
-    return pathlib.Path(from_environment)
+        root, source = pathlib.Path(raw_dir), "The raw data folder"
+    else:
+        from_environment = os.environ.get("nnUNet_raw")
+        if not from_environment:
+            raise RuntimeError("The environment variable nnUNet_raw is not set, so nnU-Net's raw data folder is "
+                               "unknown. Set it, e.g. `export nnUNet_raw=/path/to/nnUNet_raw`.")
+        root, source = pathlib.Path(from_environment), "nnUNet_raw"
+    if root.exists() and not root.is_dir():
+        raise RuntimeError(f"{source} ({root}) is a file, not a folder. Point nnUNet_raw at a folder, e.g. "
+                           "`export nnUNet_raw=/path/to/nnUNet_raw`.")
+    return root
 
 
 def _folders_with_id(root: pathlib.Path, dataset_id: int) -> list[pathlib.Path]:

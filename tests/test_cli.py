@@ -3,6 +3,8 @@ import shutil
 
 from conftest import run_command, scrubbed_environment
 
+from nnunet_ext import cli
+
 
 def test_list_shows_trainers_and_active_discovery():
     result = run_command(["nnunet-ext", "list"], scrubbed_environment())
@@ -114,3 +116,56 @@ def test_label_names_use_the_keys_nnunets_evaluation_writes_for_labels_and_regio
                                                      else manager.foreground_labels)]
         assert sorted(label_names(dataset_json)) == sorted(keys)
     assert label_names(regions) == {"(1, 2)": "organ", "(2,)": "tumour"}
+
+
+def _check(monkeypatch, capsys, env: dict, *arguments: str) -> tuple[int, str, str]:
+    """``nnunet-ext check`` in this process, with the nnU-Net folders of ``env``."""
+    for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(variable, env[variable])
+    status = cli.main(["check", *arguments])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_check_input_flags_misnamed_partial_4d_and_vector_files(nnunet_env, planned_dataset, tmp_path, monkeypatch,
+                                                                capsys):
+    import SimpleITK as sitk
+
+    check = ["-d", planned_dataset.name[7:10], "-c", "3d_fullres", "-tr", "nnUNetTrainer"]
+    image = next((planned_dataset / "imagesTs").glob("*_0000.nii.gz"))
+    inputs = {name: tmp_path / name for name in ("partial", "hidden", "four_d", "vector")}
+    for folder in inputs.values():
+        folder.mkdir()
+        shutil.copy(image, folder / image.name)
+    # what an interrupted write of another tool leaves: it ends in .nii.gz, so nnUNetv2_predict would read it
+    shutil.copy(image, inputs["partial"] / f".{image.name}.partial.nii.gz")
+    shutil.copy(image, inputs["hidden"] / f"._{image.name}")  # macOS' resource-fork twin
+    sitk.WriteImage(sitk.Image([16, 16, 8, 2], sitk.sitkInt16), str(inputs["four_d"] / "four_0000.nii.gz"))
+    sitk.WriteImage(sitk.Image([16, 16, 8], sitk.sitkVectorInt16, 3), str(inputs["vector"] / "rgb_0000.nii.gz"))
+
+    expected = {"partial": f".{image.name}.partial.nii.gz. nnUNetv2_predict would read them and fail",
+                "hidden": f"do not follow nnU-Net's naming CASE_XXXX.nii.gz: ._{image.name}",
+                "four_d": "four_0000.nii.gz is a 4D image (size (16, 16, 8, 2))",
+                "vector": "rgb_0000.nii.gz has 3 components per voxel"}
+    for name, message in expected.items():
+        status, _, error = _check(monkeypatch, capsys, nnunet_env, *check, "-i", str(inputs[name]))
+        assert status == 2 and message in error, error
+    (inputs["vector"] / "rgb_0000.nii.gz").unlink()
+    status, out, _ = _check(monkeypatch, capsys, nnunet_env, *check, "-i", str(inputs["vector"]))
+    assert status == 0 and "ok  1 case(s)" in out
+
+
+def test_nnunet_folders_pointing_at_a_file_are_refused(nnunet_env, tmp_path, monkeypatch, capsys):
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("")
+    env = {**nnunet_env, "nnUNet_results": str(a_file)}
+    status, out, error = _check(monkeypatch, capsys, env, "-d", "991", "-c", "3d_fullres", "-tr", "nnUNetTrainer")
+    assert status == 2 and f"pointing at a file, not a folder: nnUNet_results={a_file}" in error
+    assert "ok  nnU-Net folders" not in out
+    assert cli.main(["cv", "-d", "991", "-c", "3d_fullres", "-tr", "nnUNetTrainer", "--dry-run"]) == 2
+    assert f"nnUNet_results={a_file}" in capsys.readouterr().err
+    monkeypatch.setenv("nnUNet_raw", str(a_file))
+    assert cli.main(["synth", "7", "--cases", "1"]) == 2
+    error = capsys.readouterr().err
+    assert f"nnUNet_raw ({a_file}) is a file, not a folder" in error and "File exists" not in error
+    assert a_file.read_text() == ""
