@@ -10,14 +10,16 @@ them), per validation case:
 
 * Dice: nnU-Net's own, from ``summary.json``.
 * HD95 (mm): the 95th percentile of the surface distances, the larger of the two directed values (prediction to
-  reference and back, as MONAI computes it).
-* NSD (normalised surface distance, surface Dice; Nikolov et al., 2021): the fraction of the surface voxels of
-  both masks within ``tolerance`` mm of the other mask's surface (default 2 mm, ``--nsd-tolerance``).
+  reference and back).
+* NSD (normalised surface distance, surface Dice; Nikolov et al., 2021): the share of the surface of both masks
+  within ``tolerance`` mm of the other mask's surface (default 2 mm, ``--nsd-tolerance``).
 
-Surfaces are the mask voxels with a face neighbour outside the mask; distances come from scipy's Euclidean
-distance transform with the image's voxel spacing. A label absent from both reference and prediction gives no
-value (nnU-Net's Dice is NaN then too); present in only one, HD95 is the image diagonal (the worst possible) and
-NSD is 0. Voxels of nnU-Net's ignore label are left out of both surfaces.
+Surfaces (``nnunet_ext.surface_metrics``, ``--surface-definition``): by default the surface elements on the voxel
+faces, each weighted by its area, as Nikolov et al. and DeepMind's ``surface-distance`` define them (the figures
+published with NSD); ``voxel``: the boundary voxels, each weighted 1 (MONAI's default). A label absent from both
+reference and prediction gives no value (nnU-Net's Dice is NaN then too); present in only one, HD95 is the image
+diagonal (the worst possible) and NSD is 0. Voxels of nnU-Net's ignore label belong to neither surface. Cases are
+measured in ``-np`` processes, as nnU-Net's evaluation does.
 
 Cost: parameters and FLOPs (2 x multiply-accumulates, ``architectures.profiling``) of the network that
 ``nnUNetv2_predict`` builds (``build_network_architecture`` with the results folder's plans, no deep supervision),
@@ -27,23 +29,27 @@ case from the log's time stamps (sliding-window prediction and export); peak mem
 Statistics: mean ± standard deviation over all validation cases of all folds found; each trainer against a
 reference trainer (default nnU-Net's ``nnUNetTrainer``) on the per-case mean foreground Dice of the cases both
 have: Wilcoxon signed-rank test (scipy, two-sided, zero differences dropped) and the matched-pairs rank-biserial
-correlation (Kerby, 2014; +1: the trainer is better on every case, -1: worse).
+correlation (Kerby, 2014; +1: the trainer is better on every case, -1: worse); with several trainers, the
+p-values also Holm-adjusted over all of them (Holm, 1979); a 95 % confidence interval of the mean difference from
+a percentile bootstrap of the paired cases (10,000 resamples, seeded: the same figures every run).
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
+import multiprocessing
 import os
 import re
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 from nnunet_ext import checks
+from nnunet_ext.surface_metrics import DEFAULT_SURFACE_DEFINITION, SURFACE_DEFINITIONS, surface_metrics
 
 DEFAULT_REFERENCE = "nnUNetTrainer"
 DEFAULT_NSD_TOLERANCE_MM = 2.0
@@ -64,44 +70,6 @@ def read_json(path: Path) -> dict:
         raise BenchmarkError(f"{path} is not valid JSON ({error}): a damaged or partly written file. Recreate it "
                              "(nnUNetv2_train --val rewrites a fold's validation/summary.json; nnunet-ext cv does "
                              "that for a damaged one), or move the folder away.") from error
-
-
-# ---- surface metrics ---------------------------------------------------------------------------------------------
-
-def surface_voxels(mask: np.ndarray) -> np.ndarray:
-    """The voxels of ``mask`` with at least one face neighbour outside it (the image border counts as outside)."""
-    from scipy import ndimage
-
-    structure = ndimage.generate_binary_structure(mask.ndim, 1)
-    return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
-
-
-def surface_metrics(reference: np.ndarray, prediction: np.ndarray, spacing, tolerance_mm: float,
-                    ignore: np.ndarray | None = None) -> tuple[float, float]:
-    """(HD95 in mm, NSD at ``tolerance_mm``) of two boolean masks with voxel ``spacing`` (mm, array axis order).
-
-    NaN for both when both masks are empty; when only one is, (image diagonal, 0).
-    """
-    from scipy import ndimage
-
-    reference, prediction = reference.astype(bool), prediction.astype(bool)
-    if not reference.any() and not prediction.any():
-        return math.nan, math.nan
-    if not reference.any() or not prediction.any():
-        return float(np.linalg.norm(np.asarray(reference.shape) * np.asarray(spacing, dtype=float))), 0.0
-    surface_ref, surface_pred = surface_voxels(reference), surface_voxels(prediction)
-    if ignore is not None:
-        surface_ref &= ~ignore
-        surface_pred &= ~ignore
-    # distance of every voxel to the nearest surface voxel of the other mask
-    to_ref = ndimage.distance_transform_edt(~surface_voxels(reference), sampling=spacing)
-    to_pred = ndimage.distance_transform_edt(~surface_voxels(prediction), sampling=spacing)
-    pred_to_ref, ref_to_pred = to_ref[surface_pred], to_pred[surface_ref]
-    if pred_to_ref.size == 0 or ref_to_pred.size == 0:  # every surface voxel lies in the ignore region
-        return math.nan, math.nan
-    hd95 = max(np.percentile(pred_to_ref, 95), np.percentile(ref_to_pred, 95))
-    within = np.count_nonzero(pred_to_ref <= tolerance_mm) + np.count_nonzero(ref_to_pred <= tolerance_mm)
-    return float(hd95), within / (pred_to_ref.size + ref_to_pred.size)
 
 
 # ---- finding the results -----------------------------------------------------------------------------------------
@@ -212,9 +180,48 @@ def label_names(dataset_json: dict) -> dict[str, str]:
             for name, value in dataset_json["labels"].items() if name not in ("background", "ignore")}
 
 
-def evaluate_model(model: Model, gt_folder: Path, tolerance_mm: float) -> list[CaseMetrics]:
-    """Per case and label/region: nnU-Net's Dice from summary.json, HD95 and NSD from the saved predictions."""
+@dataclass(frozen=True)
+class CaseTask:
+    """What one worker needs to measure one validation case."""
+
+    reference_file: str
+    prediction_file: str
+    reader_class: type
+    keys: tuple[str, ...]  # nnU-Net's label or region keys
+    ignore_label: int | None
+    tolerance_mm: float
+    definition: str
+
+
+def case_surface_metrics(task: CaseTask) -> list[tuple[float, float]]:
+    """(HD95, NSD) of each label or region of one case."""
     from nnunetv2.evaluation.evaluate_predictions import key_to_label_or_region, region_or_label_to_mask
+
+    reader = task.reader_class()
+    reference, properties = reader.read_seg(task.reference_file)
+    prediction, _ = reader.read_seg(task.prediction_file)
+    reference, prediction = reference[0], prediction[0]
+    ignore = reference == task.ignore_label if task.ignore_label is not None else None
+    return [surface_metrics(region_or_label_to_mask(reference, region), region_or_label_to_mask(prediction, region),
+                            properties["spacing"], task.tolerance_mm, ignore, task.definition)
+            for region in map(key_to_label_or_region, task.keys)]
+
+
+def measure_cases(tasks: list[CaseTask], processes: int, description: str) -> list[list[tuple[float, float]]]:
+    """``case_surface_metrics`` of every task, in ``processes`` worker processes (spawned, as nnU-Net's evaluation
+    does), with a progress bar."""
+    from tqdm import tqdm
+
+    progress = {"total": len(tasks), "desc": description, "unit": "case"}
+    if processes <= 1 or len(tasks) <= 1:
+        return [case_surface_metrics(task) for task in tqdm(tasks, **progress)]
+    with multiprocessing.get_context("spawn").Pool(min(processes, len(tasks))) as pool:
+        return list(tqdm(pool.imap(case_surface_metrics, tasks), **progress))
+
+
+def evaluate_model(model: Model, gt_folder: Path, tolerance_mm: float,
+                   definition: str = DEFAULT_SURFACE_DEFINITION, processes: int = 1) -> list[CaseMetrics]:
+    """Per case and label/region: nnU-Net's Dice from summary.json, HD95 and NSD from the saved predictions."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     plans_manager = PlansManager(str(model.folder / "plans.json"))
@@ -222,7 +229,7 @@ def evaluate_model(model: Model, gt_folder: Path, tolerance_mm: float) -> list[C
     ending = dataset_json["file_ending"]
     reader = plans_manager.image_reader_writer_class()
     ignore_label = plans_manager.get_label_manager(dataset_json).ignore_label
-    rows = []
+    cases, tasks = [], []
     for fold in model.folds:
         validation = model.folder / f"fold_{fold}" / "validation"
         summary = read_json(validation / "summary.json")
@@ -236,23 +243,17 @@ def evaluate_model(model: Model, gt_folder: Path, tolerance_mm: float) -> list[C
             if not prediction_file.is_file():
                 raise BenchmarkError(f"{prediction_file} is missing although summary.json lists it; rerun the "
                                      f"validation: nnUNetv2_train ... {fold} -tr {model.trainer} --val --npz")
-            reference, properties = reader.read_seg(str(reference_file))
-            prediction, _ = reader.read_seg(str(prediction_file))
-            reference, prediction = reference[0], prediction[0]
-            ignore = reference == ignore_label if ignore_label is not None else None
-            dice_values = []
-            for key, values in entry["metrics"].items():
-                region = key_to_label_or_region(key)
-                hd95, nsd = surface_metrics(region_or_label_to_mask(reference, region),
-                                            region_or_label_to_mask(prediction, region), properties["spacing"],
-                                            tolerance_mm, ignore)
-                dice = _number(values["Dice"])
-                dice_values.append(dice)
-                rows.append(CaseMetrics(model.trainer, model.configuration, fold, case, key, dice, hd95, nsd))
-            case_rows = rows[-len(entry["metrics"]):]
-            rows.append(CaseMetrics(model.trainer, model.configuration, fold, case, MEAN_KEY,
-                                    _nanmean([r.dice for r in case_rows]), _nanmean([r.hd95 for r in case_rows]),
-                                    _nanmean([r.nsd for r in case_rows])))
+            cases.append((fold, case, entry["metrics"]))
+            tasks.append(CaseTask(str(reference_file), str(prediction_file), type(reader), tuple(entry["metrics"]),
+                                  ignore_label, tolerance_mm, definition))
+    rows = []
+    for (fold, case, metrics), surface in zip(cases, measure_cases(tasks, processes, model.name)):
+        case_rows = [CaseMetrics(model.trainer, model.configuration, fold, case, key, _number(values["Dice"]), hd95,
+                                 nsd) for (key, values), (hd95, nsd) in zip(metrics.items(), surface)]
+        rows += case_rows
+        rows.append(CaseMetrics(model.trainer, model.configuration, fold, case, MEAN_KEY,
+                                _nanmean([r.dice for r in case_rows]), _nanmean([r.hd95 for r in case_rows]),
+                                _nanmean([r.nsd for r in case_rows])))
     return rows
 
 
@@ -360,6 +361,10 @@ def model_cost(model: Model, trainer_class: type) -> Cost:
 
 # ---- statistics --------------------------------------------------------------------------------------------------
 
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+
+
 @dataclass(frozen=True)
 class Comparison:
     reference: str
@@ -367,6 +372,30 @@ class Comparison:
     mean_difference: float  # trainer - reference
     p_value: float
     rank_biserial: float
+    ci_low: float = math.nan  # 95 % bootstrap confidence interval of mean_difference
+    ci_high: float = math.nan
+    holm_p: float = math.nan  # p_value adjusted over all trainers compared with the reference
+    pairs: tuple[tuple[float, float], ...] = ()  # (trainer, reference) per-case mean Dice of the paired cases
+
+
+def bootstrap_interval(differences: np.ndarray, level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of paired differences (cases drawn with replacement)."""
+    if differences.size == 0:
+        return math.nan, math.nan
+    draws = np.random.default_rng(seed).integers(0, differences.size, (resamples, differences.size))
+    low, high = np.quantile(differences[draws].mean(axis=1), [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def holm_adjust(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (NaN values stay NaN and are not counted as tests)."""
+    tested = sorted((p, index) for index, p in enumerate(p_values) if not math.isnan(p))
+    adjusted, running = [math.nan] * len(p_values), 0.0
+    for rank, (p, index) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[index] = running
+    return adjusted
 
 
 def rank_biserial(differences: np.ndarray) -> float:
@@ -390,7 +419,8 @@ def compare(values: dict[str, float], reference_values: dict[str, float], refere
     if not cases:
         return Comparison(reference, 0, math.nan, math.nan, math.nan)
     p_value = float(wilcoxon(differences).pvalue) if np.any(differences != 0) else 1.0
-    return Comparison(reference, len(cases), float(differences.mean()), p_value, rank_biserial(differences))
+    return Comparison(reference, len(cases), float(differences.mean()), p_value, rank_biserial(differences),
+                      *bootstrap_interval(differences), pairs=tuple((values[c], reference_values[c]) for c in cases))
 
 
 # ---- the whole benchmark -----------------------------------------------------------------------------------------
@@ -412,7 +442,8 @@ class ModelSummary:
 
 def collect(dataset: str, configurations: list[str], trainers: list[str], plans: str | None = None,
             reference: str | None = None, folds: list[str] | None = None,
-            tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> tuple[str, dict[str, str], list[ModelSummary]]:
+            tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, definition: str = DEFAULT_SURFACE_DEFINITION,
+            processes: int = 1) -> tuple[str, dict[str, str], list[ModelSummary]]:
     """(dataset name, label names, one summary per trainer x configuration, reference models excluded unless
     named in ``trainers``)."""
     from nnunet_ext.catalog import resolve_trainer
@@ -447,7 +478,7 @@ def collect(dataset: str, configurations: list[str], trainers: list[str], plans:
     def cases_of(model: Model) -> list[CaseMetrics]:
         key = (model.trainer, model.configuration)
         if key not in evaluated:
-            evaluated[key] = evaluate_model(model, gt_folder, tolerance_mm)
+            evaluated[key] = evaluate_model(model, gt_folder, tolerance_mm, definition, processes)
         return evaluated[key]
 
     summaries = []
@@ -462,6 +493,9 @@ def collect(dataset: str, configurations: list[str], trainers: list[str], plans:
             reference_cases = {c.case: c.dice for c in cases_of(reference_model) if c.label == MEAN_KEY}
             summary.comparison = compare(summary.per_case_dice(), reference_cases, reference_name)
         summaries.append(summary)
+    compared = [s for s in summaries if s.comparison]
+    for s, holm_p in zip(compared, holm_adjust([s.comparison.p_value for s in compared])):
+        s.comparison = replace(s.comparison, holm_p=holm_p)
     dataset_json = read_json(models[0].folder / "dataset.json")
     return dataset_name, label_names(dataset_json), summaries
 
@@ -483,12 +517,19 @@ def _labels(summaries: list[ModelSummary]) -> list[str]:
 
 CSV_COLUMNS = ("trainer", "configuration", "plans", "label", "label_name", "folds", "missing_folds", "cases",
                "dice_mean", "dice_std", "hd95_mean_mm", "hd95_std_mm", "nsd_mean", "nsd_std", "nsd_tolerance_mm",
-               "parameters", "gflops_per_patch", "patch_size", "seconds_per_epoch", "epochs_logged",
-               "seconds_per_case", "peak_memory_mib", "reference", "paired_cases", "dice_difference",
-               "wilcoxon_p", "rank_biserial")
+               "surface_definition", "parameters", "gflops_per_patch", "patch_size", "seconds_per_epoch",
+               "epochs_logged", "seconds_per_case", "peak_memory_mib", "reference", "paired_cases", "dice_difference",
+               "dice_difference_ci_low", "dice_difference_ci_high", "wilcoxon_p", "wilcoxon_p_holm", "rank_biserial")
+SURFACE_DESCRIPTIONS = {
+    "element": "surface elements on the voxel faces, each weighted by its area (Nikolov et al., 2021, as DeepMind's "
+               "surface-distance computes it: comparable with published NSD and HD95)",
+    "voxel": "boundary voxels, each weighted 1 (--surface-definition voxel, MONAI's default: not comparable with "
+             "published NSD)",
+}
 
 
-def csv_rows(summaries: list[ModelSummary], names: dict[str, str], tolerance_mm: float) -> list[dict]:
+def csv_rows(summaries: list[ModelSummary], names: dict[str, str], tolerance_mm: float,
+             definition: str = DEFAULT_SURFACE_DEFINITION) -> list[dict]:
     rows = []
     for s in summaries:
         m, cost, comparison = s.model, s.cost, s.comparison
@@ -501,7 +542,7 @@ def csv_rows(summaries: list[ModelSummary], names: dict[str, str], tolerance_mm:
                 "folds": " ".join(m.folds), "missing_folds": " ".join(m.missing_folds), "cases": len(dice),
                 "dice_mean": _nanmean(dice), "dice_std": _nanstd(dice), "hd95_mean_mm": _nanmean(hd95),
                 "hd95_std_mm": _nanstd(hd95), "nsd_mean": _nanmean(nsd), "nsd_std": _nanstd(nsd),
-                "nsd_tolerance_mm": tolerance_mm, "parameters": cost.parameters,
+                "nsd_tolerance_mm": tolerance_mm, "surface_definition": definition, "parameters": cost.parameters,
                 "gflops_per_patch": cost.flops / 1e9 if cost.flops is not None else None,
                 "patch_size": "x".join(map(str, cost.patch_size)), "seconds_per_epoch": cost.epoch_seconds,
                 "epochs_logged": cost.epochs_logged, "seconds_per_case": cost.seconds_per_case,
@@ -509,7 +550,10 @@ def csv_rows(summaries: list[ModelSummary], names: dict[str, str], tolerance_mm:
                 "reference": comparison.reference if comparison and is_mean else s.reference_note if is_mean else "",
                 "paired_cases": comparison.cases if comparison and is_mean else "",
                 "dice_difference": comparison.mean_difference if comparison and is_mean else "",
+                "dice_difference_ci_low": comparison.ci_low if comparison and is_mean else "",
+                "dice_difference_ci_high": comparison.ci_high if comparison and is_mean else "",
                 "wilcoxon_p": comparison.p_value if comparison and is_mean else "",
+                "wilcoxon_p_holm": comparison.holm_p if comparison and is_mean else "",
                 "rank_biserial": comparison.rank_biserial if comparison and is_mean else "",
             })
     return rows
@@ -532,13 +576,14 @@ def write_cases_csv(path: Path, summaries: list[ModelSummary]) -> None:
 
 
 def markdown(dataset_name: str, names: dict[str, str], summaries: list[ModelSummary], tolerance_mm: float,
-             ensemble_report: str | None) -> str:
+             ensemble_report: str | None, definition: str = DEFAULT_SURFACE_DEFINITION) -> str:
     labels = _labels(summaries)
     title = {label: names.get(label, "mean" if label == MEAN_KEY else label) for label in labels}
     lines = [f"# Cross-validation benchmark: {dataset_name}", "",
              f"Plans {summaries[0].model.plans}. Mean ± standard deviation over the validation cases of all folds "
              f"found. Dice from nnU-Net's summary.json; HD95 in mm; NSD at a tolerance of {tolerance_mm:g} mm; "
-             f"'mean' is the per-case mean over the foreground labels/regions.", ""]
+             f"'mean' is the per-case mean over the foreground labels/regions. Surfaces for HD95 and NSD: "
+             f"{SURFACE_DESCRIPTIONS[definition]}.", ""]
     tables = (("dice", "Dice", 3), ("hd95", "HD95 (mm)", 2), ("nsd", f"NSD @ {tolerance_mm:g} mm", 3))
     for metric, header, digits in tables:
         lines += [f"## {header}", "", "| trainer | configuration | folds | cases | "
@@ -552,16 +597,20 @@ def markdown(dataset_name: str, names: dict[str, str], summaries: list[ModelSumm
     lines += ["## Cost and paired comparison", "",
               "FLOPs: one forward pass of one patch of the plan (2 per multiply-accumulate). Time per case: nnU-Net's "
               "validation (sliding window and export), from the training log. Comparison: per-case mean Dice against "
-              "the reference, Wilcoxon signed-rank test (two-sided) and matched-pairs rank-biserial correlation r "
-              "(> 0: better than the reference).", "",
+              "the reference: mean difference with its 95 % bootstrap confidence interval (10,000 resamples of the "
+              "paired cases), Wilcoxon signed-rank test (two-sided) with the p-values Holm-adjusted over all "
+              "trainers compared, and matched-pairs rank-biserial correlation r (> 0: better than the reference).", "",
               "| trainer | configuration | parameters | GFLOPs | patch | s / epoch | s / case | peak memory (MiB) | "
-              "ΔDice vs reference | p | r | paired cases |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "ΔDice vs reference | 95 % CI | p | p (Holm) | r | paired cases |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         c, cmp = s.cost, s.comparison
+        interval = ("" if cmp is None else "n/a" if math.isnan(cmp.ci_low)
+                    else f"[{cmp.ci_low:+.3f}, {cmp.ci_high:+.3f}]")
         stats = ([f"{cmp.mean_difference:+.3f} ({cmp.reference})" if not math.isnan(cmp.mean_difference) else "n/a",
-                  _optional(cmp.p_value, "{:.3g}"), _optional(cmp.rank_biserial, "{:+.2f}"), str(cmp.cases)]
-                 if cmp else [s.reference_note, "", "", ""])
+                  interval, _optional(cmp.p_value, "{:.3g}"), _optional(cmp.holm_p, "{:.3g}"),
+                  _optional(cmp.rank_biserial, "{:+.2f}"), str(cmp.cases)]
+                 if cmp else [s.reference_note, "", "", "", "", ""])
         lines.append(f"| {s.model.trainer} | {s.model.configuration} | {c.parameters:,} | {c.flops / 1e9:.1f} | "
                      f"{'x'.join(map(str, c.patch_size))} | {_optional(c.epoch_seconds, '{:.1f}')} | "
                      f"{_optional(c.seconds_per_case, '{:.1f}')} | {_optional(c.peak_memory_mib, '{:.0f}')} | "
@@ -575,35 +624,99 @@ def markdown(dataset_name: str, names: dict[str, str], summaries: list[ModelSumm
     return "\n".join(lines) + "\n"
 
 
-def plot(path: Path, summaries: list[ModelSummary]) -> None:
-    """Per-case mean Dice per model (box plot with the cases) and mean Dice against FLOPs."""
+def _boxes_per_label(axis, summaries: list[ModelSummary], labels: list[str], titles: dict[str, str],
+                     metric: str) -> None:
+    """One box per model and label or region, the cases scattered over it (so no separate outlier markers)."""
+    jitter = np.random.default_rng(0)
+    width = 0.8 / len(summaries)
+    for index, summary in enumerate(summaries):
+        positions = np.arange(len(labels)) - 0.4 + width * (index + 0.5)
+        values = [[v for v in summary.values(label, metric) if not math.isnan(v)] for label in labels]
+        colour = f"C{index}"
+        axis.boxplot(values, positions=positions, widths=width * 0.8, showfliers=False, manage_ticks=False,
+                     boxprops={"color": colour}, medianprops={"color": colour}, whiskerprops={"color": colour},
+                     capprops={"color": colour})
+        for position, case_values in zip(positions, values):
+            axis.scatter(position + jitter.uniform(-width / 5, width / 5, len(case_values)), case_values, s=10,
+                         alpha=0.7, color=colour, zorder=3,
+                         label=summary.model.name if position == positions[0] else None)
+    axis.set_xticks(range(len(labels)), [titles[label] for label in labels], fontsize=8)
+    axis.grid(axis="y", alpha=0.3)
+
+
+def _paired_cases(axis, summaries: list[ModelSummary]) -> None:
+    """Per case: each model's mean Dice against the reference's; above the diagonal, better than the reference."""
+    for index, summary in enumerate(summaries):
+        if summary.comparison and summary.comparison.pairs:
+            ours, reference = np.array(summary.comparison.pairs).T
+            axis.scatter(reference, ours, s=14, alpha=0.7, color=f"C{index}", label=summary.model.name)
+    low, high = axis.get_xlim() if axis.collections else (0.0, 1.0)
+    axis.plot([low, high], [low, high], color="grey", linewidth=0.8, zorder=0)
+    references = sorted({s.comparison.reference for s in summaries if s.comparison})
+    axis.set_xlabel(f"reference ({', '.join(references) or 'none with results'}): per-case Dice")
+    axis.set_ylabel("model: per-case Dice")
+    axis.set_title("Paired cases (mean over foreground)")
+
+
+def _differences(axis, summaries: list[ModelSummary]) -> None:
+    """Mean Dice difference to the reference with its bootstrap 95 % interval and the Holm-adjusted p-value."""
+    compared = [(i, s) for i, s in enumerate(summaries) if s.comparison and s.comparison.cases]
+    for row, (index, summary) in enumerate(compared):
+        c = summary.comparison
+        axis.errorbar(c.mean_difference, row, xerr=[[c.mean_difference - c.ci_low], [c.ci_high - c.mean_difference]],
+                      fmt="o", color=f"C{index}", capsize=4)
+        axis.annotate(f"p (Holm) {c.holm_p:.2g}", (c.mean_difference, row), textcoords="offset points",
+                      xytext=(0, 7), ha="center", fontsize=7)
+    axis.axvline(0, color="grey", linewidth=0.8)
+    axis.set_yticks(range(len(compared)), [s.model.name for _, s in compared], fontsize=7)
+    axis.set_ylim(-0.7, max(len(compared), 1) - 0.3)
+    axis.set_xlabel("mean Dice difference to the reference (95 % bootstrap CI)")
+    axis.set_title("Difference to the reference")
+
+
+def plot(path: Path, summaries: list[ModelSummary], names: dict[str, str]) -> None:
+    """Dice, HD95 and NSD per label or region (box plots with the cases); paired per-case Dice against the
+    reference; the mean Dice difference with its interval; mean Dice against FLOPs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [f"{s.model.trainer}\n{s.model.configuration}" for s in summaries]
-    per_case = [[v for v in s.values(MEAN_KEY, "dice") if not math.isnan(v)] for s in summaries]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(6 + 1.6 * len(summaries), 5.5))
-    left.boxplot(per_case, showmeans=True)
-    left.set_xticks(range(1, len(names) + 1), names, fontsize=7, rotation=20, ha="right")
-    jitter = np.random.default_rng(0)
-    for index, values in enumerate(per_case, 1):
-        left.scatter(index + jitter.uniform(-0.12, 0.12, len(values)), values, s=14, alpha=0.7, zorder=3)
-    left.set_ylabel("per-case Dice (mean over foreground labels)")
-    left.set_title(f"Cross-validation Dice per case (n = {max(map(len, per_case))})")
-    for summary, name, values in zip(summaries, names, per_case):
-        right.scatter(summary.cost.flops / 1e9, np.mean(values) if values else np.nan, s=50,
-                      label=name.replace("\n", " "))
-    right.set_xlabel("GFLOPs per patch (forward pass)")
-    right.set_ylabel("mean Dice")
-    right.set_title("Dice vs cost")
-    right.margins(0.2)
-    right.grid(alpha=0.3)
-    right.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))
+    labels = _labels(summaries)
+    titles = {label: names.get(label, label) for label in labels}
+    figure, axes = plt.subplots(2, 3, figsize=(9 + 1.2 * len(labels) * len(summaries) ** 0.5, 9.5))
+    for axis, (metric, title) in zip(axes[0], (("dice", "Dice"), ("hd95", "HD95 (mm)"), ("nsd", "NSD"))):
+        _boxes_per_label(axis, summaries, labels, titles, metric)
+        axis.set_title(f"{title} per case")
+    axes[0, 0].legend(fontsize=7)
+    _paired_cases(axes[1, 0], summaries)
+    _differences(axes[1, 1], summaries)
+    cost = axes[1, 2]
+    for index, summary in enumerate(summaries):
+        values = [v for v in summary.values(MEAN_KEY, "dice") if not math.isnan(v)]
+        cost.scatter(summary.cost.flops / 1e9, np.mean(values) if values else np.nan, s=50, color=f"C{index}")
+    cost.set_xlabel("GFLOPs per patch (forward pass)")
+    cost.set_ylabel("mean Dice")
+    cost.set_title("Dice vs cost")
+    cost.margins(0.2)
+    cost.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def run_streaming(command: list[str]) -> tuple[int, str]:
+    """Run ``command``, printing its output (stdout and stderr) as it comes; returns (exit code, the output)."""
+    import io
+
+    lines = []
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}  # a Python child prints each line, not 8 KiB blocks
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment) as process:
+        # newline="": a progress bar's carriage returns reach the terminal as they are
+        for line in io.TextIOWrapper(process.stdout, encoding="utf-8", errors="replace", newline=""):
+            print(line, end="", flush=True)
+            lines.append(line)
+    return process.returncode, "".join(lines)
 
 
 def run_find_best_configuration(dataset_name: str, summaries: list[ModelSummary], processes: int) -> str:
@@ -622,10 +735,9 @@ def run_find_best_configuration(dataset_name: str, summaries: list[ModelSummary]
     configurations = list(dict.fromkeys(s.model.configuration for s in summaries))
     command = [console_script("nnUNetv2_find_best_configuration"), dataset_name[7:10], "-c", *configurations,
                "-tr", *trainers, "-p", summaries[0].model.plans, "-f", *folds, "-np", str(processes)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"nnUNetv2_find_best_configuration failed (exit {result.returncode}):\n"
-                           f"{(result.stdout + result.stderr)[-3000:]}")
+    returncode, output = run_streaming(command)
+    if returncode != 0:
+        raise RuntimeError(f"nnUNetv2_find_best_configuration failed (exit {returncode}):\n{output[-3000:]}")
     results = Path(os.environ["nnUNet_results"]) / dataset_name
     information = read_json(results / "inference_information.json")
     best = information["best_model_or_ensemble"]
@@ -645,7 +757,8 @@ def run_find_best_configuration(dataset_name: str, summaries: list[ModelSummary]
 def run_benchmark(dataset: str, configurations: list[str], trainers: list[str], output: str | os.PathLike,
                   plans: str | None = None, reference: str | None = None, folds: list[str] | None = None,
                   tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, ensemble: bool = False,
-                  processes: int = 1, overwrite: bool = False) -> Path:
+                  processes: int = 1, overwrite: bool = False,
+                  definition: str = DEFAULT_SURFACE_DEFINITION) -> Path:
     """The ``nnunet-ext benchmark`` command; returns the output folder. Existing outputs are replaced only with
     ``overwrite``."""
     output = Path(output)
@@ -655,18 +768,19 @@ def run_benchmark(dataset: str, configurations: list[str], trainers: list[str], 
     if existing and not overwrite:
         raise FileExistsError(f"{output} holds a benchmark already ({', '.join(p.name for p in existing)}). Pass "
                               "--overwrite to replace it, or give another -o folder.")
-    dataset_name, names, summaries = collect(dataset, configurations, trainers, plans, reference, folds, tolerance_mm)
+    dataset_name, names, summaries = collect(dataset, configurations, trainers, plans, reference, folds, tolerance_mm,
+                                             definition, processes)
     for s in summaries:
         if s.model.missing_folds:
             print(f"Missing folds: {s.model.trainer} {s.model.configuration} has no validation/summary.json for "
                   f"fold(s) {', '.join(s.model.missing_folds)}; benchmarking folds {', '.join(s.model.folds)}.")
     ensemble_report = run_find_best_configuration(dataset_name, summaries, processes) if ensemble else None
     output.mkdir(parents=True, exist_ok=True)
-    write_csv(output / "benchmark.csv", csv_rows(summaries, names, tolerance_mm))
+    write_csv(output / "benchmark.csv", csv_rows(summaries, names, tolerance_mm, definition))
     write_cases_csv(output / "benchmark_cases.csv", summaries)
-    text = markdown(dataset_name, names, summaries, tolerance_mm, ensemble_report)
+    text = markdown(dataset_name, names, summaries, tolerance_mm, ensemble_report, definition)
     (output / "benchmark.md").write_text(text)
-    plot(output / "benchmark.png", summaries)
+    plot(output / "benchmark.png", summaries, names)
     print(text)
     print(f"Wrote {output / 'benchmark.md'}, benchmark.csv, benchmark_cases.csv and benchmark.png")
     return output
@@ -674,6 +788,8 @@ def run_benchmark(dataset: str, configurations: list[str], trainers: list[str], 
 
 def configure_parser(parser) -> None:
     """The arguments of ``nnunet-ext benchmark`` (an argparse sub-parser)."""
+    from nnunetv2.configuration import default_num_processes
+
     parser.add_argument("-d", dest="dataset", required=True, help="dataset id or name")
     parser.add_argument("-c", dest="configurations", nargs="+", required=True, help="configuration(s)")
     parser.add_argument("-tr", dest="trainers", nargs="+", required=True, help="trainer names (ours or nnU-Net's)")
@@ -685,10 +801,15 @@ def configure_parser(parser) -> None:
                         help=f"trainer the others are compared with (default: {DEFAULT_REFERENCE}, if it has results)")
     parser.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM,
                         help=f"NSD tolerance in mm (default {DEFAULT_NSD_TOLERANCE_MM:g})")
+    parser.add_argument("--surface-definition", choices=SURFACE_DEFINITIONS, default=DEFAULT_SURFACE_DEFINITION,
+                        help="surfaces for HD95 and NSD: 'element', the area-weighted surface elements on the voxel "
+                             "faces of Nikolov et al. and DeepMind's surface-distance (the published figures); "
+                             "'voxel', the boundary voxels, each weighted 1 (MONAI's default)")
     parser.add_argument("--ensemble", action="store_true",
                         help="also run nnU-Net's find_best_configuration (best single model or ensemble)")
-    parser.add_argument("-np", dest="processes", type=int, default=1,
-                        help="processes for --ensemble (nnUNetv2_find_best_configuration -np)")
+    parser.add_argument("-np", dest="processes", type=int, default=default_num_processes,
+                        help="processes measuring the cases, and for --ensemble's nnUNetv2_find_best_configuration "
+                             f"(default: nnU-Net's, {default_num_processes}; environment variable nnUNet_def_n_proc)")
     parser.add_argument("--overwrite", action="store_true", help="replace the benchmark files in the -o folder")
     parser.set_defaults(func=command)
 
@@ -696,4 +817,5 @@ def configure_parser(parser) -> None:
 def command(args) -> None:
     run_benchmark(args.dataset, args.configurations, args.trainers, args.output, plans=args.plans,
                   reference=args.reference, folds=args.folds, tolerance_mm=args.nsd_tolerance,
-                  ensemble=args.ensemble, processes=args.processes, overwrite=args.overwrite)
+                  ensemble=args.ensemble, processes=args.processes, overwrite=args.overwrite,
+                  definition=args.surface_definition)

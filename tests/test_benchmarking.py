@@ -1,5 +1,6 @@
 """``nnunet-ext benchmark`` on the session's cross-validation results (``cv_training``): its tables against numbers
-computed here from nnU-Net's files by other means, the plot, nnU-Net's ensemble selection, and the bad inputs."""
+computed here from nnU-Net's files by other means (MONAI's surface metrics among them), the plot, nnU-Net's
+ensemble selection, and the bad inputs."""
 import csv
 import json
 import math
@@ -10,12 +11,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 from PIL import Image
-from scipy.spatial.distance import cdist
 from scipy.stats import wilcoxon
 
 from conftest import run_command
+from surface_reference import monai_hd95_nsd
 
 from nnunet_ext import benchmarking, cli
+from nnunet_ext.surface_metrics import surface_metrics
 
 pytest_plugins = ("cv_training",)  # the session's trained folds (not imported here: the plug-in gets assert rewriting)
 
@@ -33,13 +35,13 @@ def same_set_up(cv_trained):
 def benchmark(cv_trained, tmp_path_factory):
     output = tmp_path_factory.mktemp("benchmark")
     result = run_command(["nnunet-ext", "benchmark", "-d", str(CV_DATASET_ID), "-c", "3d_fullres", "-tr", OURS,
-                          REFERENCE, "-o", str(output), "--reference", REFERENCE, "--ensemble", "-np", "1"],
-                         cv_trained.env)
+                          REFERENCE, "-o", str(output), "--reference", REFERENCE, "--ensemble", "-np", "2"],
+                         cv_trained.env)  # two processes: the cases are measured in a pool
     with open(output / "benchmark.csv") as handle:
         rows = {(r["trainer"], r["label"]): r for r in csv.DictReader(handle)}
     with open(output / "benchmark_cases.csv") as handle:
         cases = {(r["trainer"], r["case"], r["label"]): r for r in csv.DictReader(handle)}
-    return output, result.stdout, rows, cases
+    return output, result.stdout + result.stderr, rows, cases
 
 
 def _summaries(cv_trained, trainer):
@@ -65,50 +67,58 @@ def test_dice_is_nnunets_per_case_dice_over_both_folds(cv_trained, benchmark):
         assert rows[trainer, "mean"]["cases"] == "4" and rows[trainer, "mean"]["missing_folds"] == "2 3 4"
 
 
-def _surface_coordinates(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """Surface voxels (a face neighbour outside the mask), found with shifted copies, in mm."""
-    padded = np.pad(mask, 1)
-    inside = padded[1:-1, 1:-1, 1:-1]
-    all_neighbours_inside = np.ones_like(mask)
-    for axis in range(3):
-        for step in (-1, 1):
-            all_neighbours_inside &= np.roll(padded, step, axis=axis)[1:-1, 1:-1, 1:-1]
-    return np.argwhere(inside & ~all_neighbours_inside) * spacing
-
-
-def _brute_force_hd95_nsd(reference: np.ndarray, prediction: np.ndarray, spacing: np.ndarray, tolerance: float):
+def _expected_hd95_nsd(reference: np.ndarray, prediction: np.ndarray, spacing: np.ndarray, tolerance: float):
     if not reference.any() and not prediction.any():
         return math.nan, math.nan
     if not reference.any() or not prediction.any():
         return float(np.linalg.norm(np.array(reference.shape) * spacing)), 0.0
-    ref, pred = _surface_coordinates(reference, spacing), _surface_coordinates(prediction, spacing)
-    distances = cdist(pred, ref)  # every pair of surface voxels
-    pred_to_ref, ref_to_pred = distances.min(axis=1), distances.min(axis=0)
-    hd95 = max(np.percentile(pred_to_ref, 95), np.percentile(ref_to_pred, 95))
-    nsd = ((pred_to_ref <= tolerance).sum() + (ref_to_pred <= tolerance).sum()) / (len(pred) + len(ref))
-    return hd95, nsd
+    return monai_hd95_nsd(reference, prediction, spacing, tolerance)
 
 
-@pytest.mark.parametrize("trainer", CV_TRAINERS)
-def test_hd95_and_nsd_match_a_brute_force_computation(cv_trained, benchmark, trainer):
-    _, _, rows, cases = benchmark
-    hd95_by_label = {"1": [], "2": []}
+def _validation_masks(cv_trained, trainer):
+    """(fold, case, reference label map, predicted label map, spacing) of every validation case."""
     for fold in CV_FOLDS:
         validation = cv_trained.model_folder(trainer) / f"fold_{fold}" / "validation"
         for prediction_file in sorted(validation.glob("*.nii.gz")):
-            case = prediction_file.name[:-7]
             reference_image = sitk.ReadImage(str(cv_trained.gt_folder / prediction_file.name))
-            reference = sitk.GetArrayFromImage(reference_image)
-            prediction = sitk.GetArrayFromImage(sitk.ReadImage(str(prediction_file)))
-            spacing = np.array(reference_image.GetSpacing()[::-1])
-            for label in ("1", "2"):
-                hd95, nsd = _brute_force_hd95_nsd(reference == int(label), prediction == int(label), spacing, 2.0)
-                row = cases[trainer, case, label]
-                assert float(row["hd95_mm"]) == pytest.approx(hd95, rel=1e-6, nan_ok=True)
-                assert float(row["nsd"]) == pytest.approx(nsd, rel=1e-6, nan_ok=True)
-                hd95_by_label[label].append(hd95)
+            yield (fold, prediction_file.name[:-7], sitk.GetArrayFromImage(reference_image),
+                   sitk.GetArrayFromImage(sitk.ReadImage(str(prediction_file))),
+                   np.array(reference_image.GetSpacing()[::-1]))
+
+
+@pytest.mark.parametrize("trainer", CV_TRAINERS)
+def test_hd95_and_nsd_match_monai_with_subvoxels(cv_trained, benchmark, trainer):
+    """The default surfaces (DeepMind's definition), measured in two processes, against MONAI's."""
+    _, _, rows, cases = benchmark
+    hd95_by_label = {"1": [], "2": []}
+    for _, case, reference, prediction, spacing in _validation_masks(cv_trained, trainer):
+        for label in ("1", "2"):
+            hd95, nsd = _expected_hd95_nsd(reference == int(label), prediction == int(label), spacing, 2.0)
+            row = cases[trainer, case, label]
+            assert float(row["hd95_mm"]) == pytest.approx(hd95, rel=1e-5, nan_ok=True)  # MONAI: float32
+            assert float(row["nsd"]) == pytest.approx(nsd, abs=1e-6, nan_ok=True)
+            hd95_by_label[label].append(hd95)
     for label, values in hd95_by_label.items():
-        assert float(rows[trainer, label]["hd95_mean_mm"]) == pytest.approx(np.nanmean(values), rel=1e-6)
+        assert float(rows[trainer, label]["hd95_mean_mm"]) == pytest.approx(np.nanmean(values), rel=1e-5)
+        assert rows[trainer, label]["surface_definition"] == "element"
+
+
+def test_voxel_surface_definition(cv_trained, capsys, monkeypatch, tmp_path):
+    """--surface-definition voxel, in this process, one worker: the boundary voxels' figures, named as such."""
+    for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(variable, cv_trained.env[variable])
+    assert cli.main(["benchmark", "-d", str(CV_DATASET_ID), "-c", "3d_fullres", "-tr", OURS, "-o", str(tmp_path),
+                     "--surface-definition", "voxel", "-np", "1"]) == 0
+    with open(tmp_path / "benchmark_cases.csv") as handle:
+        cases = {(r["case"], r["label"]): r for r in csv.DictReader(handle)}
+    for _, case, reference, prediction, spacing in _validation_masks(cv_trained, OURS):
+        for label in ("1", "2"):
+            expected = surface_metrics(reference == int(label), prediction == int(label), spacing, 2.0,
+                                       definition="voxel")
+            row = cases[case, label]
+            assert (float(row["hd95_mm"]), float(row["nsd"])) == pytest.approx(expected, nan_ok=True)
+    assert "Surfaces for HD95 and NSD: boundary voxels, each weighted 1" in (tmp_path / "benchmark.md").read_text()
+    assert f"{OURS} 3d_fullres: 100%" in capsys.readouterr().err  # the progress bar of the metric loop
 
 
 def test_wilcoxon_and_rank_biserial_against_the_reference(cv_trained, benchmark):
@@ -128,6 +138,9 @@ def test_wilcoxon_and_rank_biserial_against_the_reference(cv_trained, benchmark)
     positive_rank_sum = wilcoxon(differences, alternative="greater").statistic  # R+ (scipy's statistic there)
     expected_r = 4 * positive_rank_sum / (nonzero * (nonzero + 1)) - 1
     assert float(row["rank_biserial"]) == pytest.approx(expected_r, abs=1e-9)
+    assert float(row["wilcoxon_p_holm"]) == pytest.approx(float(row["wilcoxon_p"]))  # one comparison: unadjusted
+    interval = benchmarking.bootstrap_interval(differences)
+    assert (float(row["dice_difference_ci_low"]), float(row["dice_difference_ci_high"])) == pytest.approx(interval)
     assert rows[REFERENCE, "mean"]["reference"] == "reference"
 
 
@@ -156,12 +169,16 @@ def test_outputs_markdown_png_missing_folds_and_ensemble(cv_trained, benchmark):
     text = (output / "benchmark.md").read_text()
     for heading in ("## Dice", "## HD95 (mm)", "## NSD @ 2 mm", "## Cost and paired comparison", "## Missing folds"):
         assert heading in text
+    assert "Surfaces for HD95 and NSD: surface elements on the voxel faces, each weighted by its area" in text
+    assert "| ΔDice vs reference | 95 % CI | p | p (Holm) |" in text
+    assert f"{OURS} 3d_fullres: 100%" in stdout and f"{REFERENCE} 3d_fullres: 100%" in stdout  # progress bars
     assert f"- {OURS} 3d_fullres: fold(s) 2, 3, 4 have no validation/summary.json" in text
     assert "Missing folds" in stdout
     with Image.open(output / "benchmark.png") as image:
         assert image.format == "PNG" and image.width > 800 and image.height > 400
         assert np.unique(np.asarray(image.convert("L"))).size > 20  # drawn, not blank
     assert "Best: **" in text and f"nnUNetv2_predict -d {cv_trained.dataset_name}" in text
+    assert "***All results:***" in stdout  # nnU-Net's own output, shown as it ran
     information = json.loads((cv_trained.results / "inference_information.json").read_text())
     best = information["best_model_or_ensemble"]["result_on_crossval_pre_pp"]
     assert f"Dice {best:.4f}" in text
@@ -208,20 +225,6 @@ def test_results_folder_of_another_dataset_is_refused(cv_trained, capsys, monkey
                   cv_trained.results.parent / other_dataset / f"{REFERENCE}__nnUNetPlans__3d_fullres")
     error = _benchmark_error(capsys, monkeypatch, cv_trained.env, "-tr", REFERENCE, dataset=981)
     assert f"holds results of dataset {cv_trained.dataset_name}" in error and other_dataset in error
-
-
-def test_surface_metrics_of_shifted_cubes():
-    """A cube moved by 2 voxels along an axis of 1.5 mm spacing: every distance is 0 or 3 mm."""
-    reference = np.zeros((20, 20, 20), bool)
-    reference[5:15, 5:15, 5:15] = True
-    prediction = np.roll(reference, 2, axis=0)
-    hd95, nsd = benchmarking.surface_metrics(reference, prediction, (1.5, 1.0, 1.0), tolerance_mm=2.0)
-    assert hd95 == pytest.approx(3.0)
-    assert 0 < nsd < 1
-    assert benchmarking.surface_metrics(reference, reference, (1.5, 1, 1), 2.0) == (0.0, 1.0)
-    assert benchmarking.surface_metrics(reference, np.zeros_like(reference), (1, 1, 1), 2.0) == (
-        pytest.approx(math.sqrt(3) * 20), 0.0)
-    assert all(math.isnan(v) for v in benchmarking.surface_metrics(~reference & False, reference & False, (1, 1, 1), 2))
 
 
 def test_label_names_use_nnunets_keys_for_labels_and_regions():
