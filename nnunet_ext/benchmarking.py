@@ -650,8 +650,11 @@ def _paired_cases(axis, summaries: list[ModelSummary]) -> None:
         if summary.comparison and summary.comparison.pairs:
             ours, reference = np.array(summary.comparison.pairs).T
             axis.scatter(reference, ours, s=14, alpha=0.7, color=f"C{index}", label=summary.model.name)
-    low, high = axis.get_xlim() if axis.collections else (0.0, 1.0)
+    (x_low, x_high), (y_low, y_high) = axis.get_xlim(), axis.get_ylim()
+    low, high = (min(x_low, y_low), max(x_high, y_high)) if axis.collections else (0.0, 1.0)
     axis.plot([low, high], [low, high], color="grey", linewidth=0.8, zorder=0)
+    axis.set_xlim(low, high)
+    axis.set_ylim(low, high)
     references = sorted({s.comparison.reference for s in summaries if s.comparison})
     axis.set_xlabel(f"reference ({', '.join(references) or 'none with results'}): per-case Dice")
     axis.set_ylabel("model: per-case Dice")
@@ -665,10 +668,10 @@ def _differences(axis, summaries: list[ModelSummary]) -> None:
         c = summary.comparison
         axis.errorbar(c.mean_difference, row, xerr=[[c.mean_difference - c.ci_low], [c.ci_high - c.mean_difference]],
                       fmt="o", color=f"C{index}", capsize=4)
-        axis.annotate(f"p (Holm) {c.holm_p:.2g}", (c.mean_difference, row), textcoords="offset points",
-                      xytext=(0, 7), ha="center", fontsize=7)
+        axis.annotate(f"{summary.model.name}\np (Holm) {c.holm_p:.2g}", (c.mean_difference, row),
+                      textcoords="offset points", xytext=(0, 8), ha="center", fontsize=7)
     axis.axvline(0, color="grey", linewidth=0.8)
-    axis.set_yticks(range(len(compared)), [s.model.name for _, s in compared], fontsize=7)
+    axis.set_yticks([])
     axis.set_ylim(-0.7, max(len(compared), 1) - 0.3)
     axis.set_xlabel("mean Dice difference to the reference (95 % bootstrap CI)")
     axis.set_title("Difference to the reference")
@@ -688,7 +691,8 @@ def plot(path: Path, summaries: list[ModelSummary], names: dict[str, str]) -> No
     for axis, (metric, title) in zip(axes[0], (("dice", "Dice"), ("hd95", "HD95 (mm)"), ("nsd", "NSD"))):
         _boxes_per_label(axis, summaries, labels, titles, metric)
         axis.set_title(f"{title} per case")
-    axes[0, 0].legend(fontsize=7)
+    handles, legend_labels = axes[0, 0].get_legend_handles_labels()
+    figure.legend(handles, legend_labels, loc="lower center", ncol=min(len(summaries), 3), fontsize=8)
     _paired_cases(axes[1, 0], summaries)
     _differences(axes[1, 1], summaries)
     cost = axes[1, 2]
@@ -700,7 +704,7 @@ def plot(path: Path, summaries: list[ModelSummary], names: dict[str, str]) -> No
     cost.set_title("Dice vs cost")
     cost.margins(0.2)
     cost.grid(alpha=0.3)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.04 * (1 + (len(summaries) - 1) // 3), 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
