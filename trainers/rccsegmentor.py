@@ -22,7 +22,12 @@ from torch import nn
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_ext.architectures import RccSegmentor, RccSegmentorLight
-from nnunet_ext.trainers.base import DemoRunMixin, ShortRunMixin, nnUNetTrainerExt
+from nnunet_ext.trainers.base import (
+    DemoRunMixin,
+    ShortRunMixin,
+    nnUNetTrainerExt,
+    planned_activation_checkpointing,
+)
 
 PRETRAINED_WEIGHTS_VARIABLE = "NNUNET_EXT_PVT_V2_WEIGHTS"
 
@@ -57,7 +62,8 @@ class nnUNetTrainerRccSegmentor(nnUNetTrainerExt):
                                    enable_deep_supervision: bool = True) -> nn.Module:
         # a classmethod (nnU-Net calls it on the class at prediction time) so that variants can change the backbone
         return cls.network_class(num_input_channels, num_output_channels, deep_supervision=enable_deep_supervision,
-                                 backbone=cls.backbone)
+                                 backbone=cls.backbone,
+                                 activation_checkpointing=planned_activation_checkpointing(configuration_manager))
 
     def deep_supervision_weights(self, num_outputs: int) -> list[float]:
         weights = [0.5 ** i for i in range(num_outputs)]

@@ -28,7 +28,12 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunet_ext.architectures import RECUNet
 from nnunet_ext.architectures.recunet import ORIGINAL_FEATURES
-from nnunet_ext.trainers.base import DemoRunMixin, ShortRunMixin, nnUNetTrainerExt
+from nnunet_ext.trainers.base import (
+    DemoRunMixin,
+    ShortRunMixin,
+    nnUNetTrainerExt,
+    planned_activation_checkpointing,
+)
 
 
 class TwoPhaseLRScheduler(_LRScheduler):
@@ -60,6 +65,7 @@ class nnUNetTrainerRECUNet(nnUNetTrainerExt):
 
     network_class = RECUNet
     supported_dims = (2,)
+    deep_supervision = False
     final_lr = 1e-4
     # README: 100 epochs at 3e-4, then 20 at 1e-4
     final_phase_fraction = 20 / 120
@@ -69,7 +75,6 @@ class nnUNetTrainerRECUNet(nnUNetTrainerExt):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.initial_lr = 3e-4
         self.weight_decay = 0.0
-        self.enable_deep_supervision = False
 
     @classmethod
     def adjust_patch_size(cls, patch_size: list[int]) -> list[int]:
@@ -80,10 +85,15 @@ class nnUNetTrainerRECUNet(nnUNetTrainerExt):
     def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
-        return RECUNet(num_input_channels, num_output_channels, deep_supervision=enable_deep_supervision)
+        return RECUNet(num_input_channels, num_output_channels, deep_supervision=enable_deep_supervision,
+                       activation_checkpointing=planned_activation_checkpointing(configuration_manager))
+
+    @classmethod
+    def build_optimizer(cls, parameters, initial_lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        return torch.optim.Adam(parameters, initial_lr, weight_decay=weight_decay)
 
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay)
+        optimizer = self.build_optimizer(self.network.parameters(), self.initial_lr, self.weight_decay)
         switch_epoch = round(self.num_epochs * (1 - self.final_phase_fraction))
         return optimizer, TwoPhaseLRScheduler(optimizer, self.initial_lr, self.final_lr, switch_epoch)
 
@@ -108,7 +118,8 @@ class nnUNetTrainerRECUNet_Smoke(ShortRunMixin, nnUNetTrainerRECUNet):
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
         return RECUNet(num_input_channels, num_output_channels, deep_supervision=enable_deep_supervision,
-                       features_per_stage=nnUNetTrainerRECUNet_Smoke.features_per_stage)
+                       features_per_stage=nnUNetTrainerRECUNet_Smoke.features_per_stage,
+                       activation_checkpointing=planned_activation_checkpointing(configuration_manager))
 
 
 class nnUNetTrainerRECUNet_Demo(DemoRunMixin, nnUNetTrainerRECUNet):

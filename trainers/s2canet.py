@@ -26,7 +26,12 @@ from torch.optim.lr_scheduler import _LRScheduler
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_ext.architectures import S2CANet
-from nnunet_ext.trainers.base import DemoRunMixin, ShortRunMixin, nnUNetTrainerExt
+from nnunet_ext.trainers.base import (
+    DemoRunMixin,
+    ShortRunMixin,
+    nnUNetTrainerExt,
+    planned_activation_checkpointing,
+)
 
 
 class WarmupConstantCosineLRScheduler(_LRScheduler):
@@ -111,10 +116,15 @@ class nnUNetTrainerS2CANet(nnUNetTrainerExt):
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
         return S2CANet(num_input_channels, num_output_channels, deep_supervision=enable_deep_supervision,
-                       patch_size=configuration_manager.patch_size)
+                       patch_size=configuration_manager.patch_size,
+                       activation_checkpointing=planned_activation_checkpointing(configuration_manager))
+
+    @classmethod
+    def build_optimizer(cls, parameters, initial_lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        return torch.optim.Adam(parameters, initial_lr, weight_decay=weight_decay)
 
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay)
+        optimizer = self.build_optimizer(self.network.parameters(), self.initial_lr, self.weight_decay)
         warmup = round(self.num_epochs * self.warmup_fraction)
         constant = round(self.num_epochs * self.constant_fraction)
         return optimizer, WarmupConstantCosineLRScheduler(optimizer, self.initial_lr, warmup, constant,

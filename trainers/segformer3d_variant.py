@@ -16,7 +16,12 @@ from torch import nn
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_ext.architectures import SegFormer3DVariant
-from nnunet_ext.trainers.base import DemoRunMixin, ShortRunMixin, nnUNetTrainerExt
+from nnunet_ext.trainers.base import (
+    DemoRunMixin,
+    ShortRunMixin,
+    nnUNetTrainerExt,
+    planned_activation_checkpointing,
+)
 
 
 class nnUNetTrainerSegFormer3DVariant(nnUNetTrainerExt):
@@ -43,10 +48,15 @@ class nnUNetTrainerSegFormer3DVariant(nnUNetTrainerExt):
     def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
-        return SegFormer3DVariant(num_input_channels, num_output_channels, deep_supervision=enable_deep_supervision)
+        return SegFormer3DVariant(num_input_channels, num_output_channels, deep_supervision=enable_deep_supervision,
+                                  activation_checkpointing=planned_activation_checkpointing(configuration_manager))
+
+    @classmethod
+    def build_optimizer(cls, parameters, initial_lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(parameters, initial_lr, weight_decay=weight_decay)
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay)
+        optimizer = self.build_optimizer(self.network.parameters(), self.initial_lr, self.weight_decay)
         return optimizer, self.warmup_poly_lr_scheduler(optimizer, self.warmup_fraction)
 
     def deep_supervision_weights(self, num_outputs: int) -> list[float]:
