@@ -806,8 +806,9 @@ def configure_parser(parser) -> None:
     parser.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM,
                         help=f"NSD tolerance in mm (default {DEFAULT_NSD_TOLERANCE_MM:g})")
     parser.add_argument("--surface-definition", choices=SURFACE_DEFINITIONS, default=DEFAULT_SURFACE_DEFINITION,
-                        help="surfaces for HD95 and NSD: 'element', the area-weighted surface elements on the voxel "
-                             "faces of Nikolov et al. and DeepMind's surface-distance (the published figures); "
+                        help="surfaces for HD95 and NSD: 'element' (default), the area-weighted surface elements "
+                             "on the voxel faces of Nikolov et al. and DeepMind's surface-distance (the published "
+                             "figures); "
                              "'voxel', the boundary voxels, each weighted 1 (MONAI's default)")
     parser.add_argument("--ensemble", action="store_true",
                         help="also run nnU-Net's find_best_configuration (best single model or ensemble)")
