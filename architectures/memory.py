@@ -42,7 +42,14 @@ Hook: a network class whose memory the generic trace gets wrong defines a method
 ``TrainingMemory`` (or None to fall back to the trace); it is called on the (meta-built) network instead of the
 trace. None of the networks of this package needs it.
 
-Validated against measured CPU memory by ``benchmarks/memory_model.py`` (the table is in the README).
+Validated against measured CPU memory by ``benchmarks/memory_model.py`` (``measure_training_memory``: peak tensor
+bytes of real steps from torch's profiler). Where it falls short: memory that a kernel allocates inside one
+operator is invisible to a trace at the operator level. On CPU the one case that matters here is RccSegmentor's
+Feature Exploration Module: the backward pass of its full 384-channel dilated k×k convolutions runs through an
+im2col buffer (77 MB in a single ``convolution_backward`` at batch 2, 64², pvt_v2_b0), so the prediction for
+RccSegmentor is 20-35 % below the measured peak on CPU; the light variant (depthwise FEM) and the other networks are
+within a few per cent. On CUDA the same role falls to cuDNN's workspaces (allocated through the caching allocator,
+so counted by ``torch.cuda.max_memory_allocated``); a GPU measurement (``benchmarks/gpu_check.py``) shows their size.
 """
 from __future__ import annotations
 
@@ -214,15 +221,15 @@ def _unique_bytes(tensors: Iterable[torch.Tensor]) -> int:
 
 
 @contextmanager
-def _fake_state(network: nn.Module, live: _LiveTensorMemory) -> Iterator[list[nn.Parameter]]:
-    """Swap the network's parameters and buffers for empty fake CPU tensors of the same shapes and dtypes (counted
-    as live memory), restoring the originals afterwards. Yields the fake parameters (shared ones once)."""
+def _fake_state(network: nn.Module, live: _LiveTensorMemory, device: str = "cpu") -> Iterator[list[nn.Parameter]]:
+    """Swap the network's parameters and buffers for empty fake tensors on ``device`` of the same shapes and dtypes
+    (counted as live memory), restoring the originals afterwards. Yields the fake parameters (shared ones once)."""
     replaced: dict[int, torch.Tensor] = {}
     originals = []
 
     def fake_of(tensor: torch.Tensor, parameter: bool) -> torch.Tensor:
         if id(tensor) not in replaced:
-            fake = torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, device="cpu")
+            fake = torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, device=device)
             live.track(fake)
             replaced[id(tensor)] = nn.Parameter(fake, tensor.requires_grad) if parameter else fake
         return replaced[id(tensor)]
@@ -340,3 +347,39 @@ def estimate_training_memory(network: nn.Module | Callable[[], nn.Module], input
             return result
     return _trace(module, input_shape, precision, optimizer_factory or default_optimizer, loss_fn or default_loss,
                   device_type)
+
+
+def _allocation_peak(profiler: torch.profiler.profile) -> int:
+    """Peak of the running sum of the CPU allocations (+) and frees (-) the profiler recorded."""
+    events = sorted((e for e in profiler.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    running = peak = 0
+    for event in events:
+        running += event.nbytes()
+        peak = max(peak, running)
+    return peak
+
+
+def measure_training_memory(network: nn.Module, input_shape: Sequence[int], *,
+                            optimizer_factory: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
+                            loss_fn: Callable[[Any], torch.Tensor] | None = None) -> int:
+    """Measured peak tensor bytes of one real fp32 training step of ``network`` (on CPU), for validating
+    ``estimate_training_memory(..., device_type="cpu")``.
+
+    Two steps (random input, ``loss_fn``, backward, optimizer step; the first creates the optimizer state) run
+    under ``torch.profiler`` with ``profile_memory=True``, which records every allocation and free of PyTorch's CPU
+    allocator. The result is the bytes of the parameters and buffers plus the peak of the running sum of those
+    allocations: tensor memory, as ``torch.cuda.max_memory_allocated`` counts it on a GPU (no allocator slack, no
+    scratch memory that kernels allocate outside PyTorch's allocator). The profiler starts before anything the
+    steps free is allocated, so no free goes unrecorded.
+    """
+    optimizer = (optimizer_factory or default_optimizer)(network.parameters())
+    loss_fn = loss_fn or default_loss
+    network.train()
+    held = _unique_bytes([*network.parameters(), *network.buffers()])
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profiler:
+        for _ in range(2):
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(network(torch.randn(tuple(input_shape)))).backward()
+            optimizer.step()
+    return held + _allocation_peak(profiler)

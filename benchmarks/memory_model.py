@@ -5,16 +5,15 @@ One command: for every network at three patch sizes (batch 2), the predicted pea
 backward, nnU-Net's SGD step, after one warm-up step that creates the optimizer state), their ratio and whether it
 is within ±15 %; then, per network at its middle patch, time and memory with activation checkpointing off and on.
 
-Measured peak: each case runs in a fresh subprocess. Tensor memory is what the model predicts and what
-``torch.cuda.max_memory_allocated`` reports on a GPU, so it is measured the same way on CPU: the bytes held by
-the parameters, buffers and optimizer state before the step, plus the peak of the running sum of every CPU
-allocation and free during the step as ``torch.profiler`` (``profile_memory=True``) records them from PyTorch's
-CPU allocator. The growth of the process' peak RSS over the step (``/proc/self/status`` VmHWM after resetting it
-through ``/proc/self/clear_refs``) is printed beside it: it also holds the C library's allocator slack and
-oneDNN's internal scratch buffers, which no tensor accounts for.
+Measured peak: each case runs in a fresh subprocess (``memory.measure_training_memory``). Tensor memory is what
+the model predicts and what ``torch.cuda.max_memory_allocated`` reports on a GPU, so it is measured the same way on
+CPU: the bytes of the parameters and buffers plus the peak of the running sum of every allocation and free of
+PyTorch's CPU allocator over two training steps, as ``torch.profiler`` (``profile_memory=True``) records them. The
+process' RSS is not used: it also holds the C library's allocator slack and pages never touched, which no tensor
+accounts for. CPU time per step includes the profiler's overhead (the same with checkpointing on and off).
 
 Networks (3D at 1 channel unless noted, 3 classes, deep supervision on where the network has it):
-  PlainConvUNet        nnU-Net's default 3D U-Net for the patch (the baseline; as benchmarks/s2canet_vs_plainconvunet.py)
+  PlainConvUNet        nnU-Net's default 3D U-Net for the patch, the baseline (trainers.plain_conv_unet)
   SegFormer3DVariant   defaults
   S2CANet              built for the patch, 4 channels
   RECUNet              2D, the original's widths
@@ -22,29 +21,27 @@ Networks (3D at 1 channel unless noted, 3 classes, deep supervision on where the
   RccSegmentorLight    2D, the same backbone
 
 Usage:
-  python benchmarks/memory_model.py                       # everything: about 15 minutes on 2 CPU cores
+  python benchmarks/memory_model.py                       # everything: about 40 minutes on 2 busy CPU cores
   python benchmarks/memory_model.py --networks S2CANet RECUNet --skip-checkpointing
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
 PATCHES = {
     "PlainConvUNet": [(32, 32, 32), (48, 48, 48), (64, 64, 64)],
-    "SegFormer3DVariant": [(32, 64, 64), (48, 96, 96), (64, 112, 112)],
-    "S2CANet": [(32, 32, 32), (48, 48, 48), (64, 64, 64)],
-    "RECUNet": [(128, 128), (192, 192), (256, 256)],
-    "RccSegmentor": [(128, 128), (192, 192), (256, 256)],
-    "RccSegmentorLight": [(128, 128), (192, 192), (256, 256)],
+    "SegFormer3DVariant": [(32, 64, 64), (32, 96, 96), (48, 96, 96)],
+    "S2CANet": [(32, 32, 32), (40, 40, 40), (48, 48, 48)],
+    "RECUNet": [(96, 96), (128, 128), (192, 192)],
+    "RccSegmentor": [(96, 96), (128, 128), (192, 192)],
+    "RccSegmentorLight": [(96, 96), (128, 128), (192, 192)],
 }
 CHANNELS = {"S2CANet": 4}
 CLASSES = 3
@@ -58,11 +55,9 @@ def build(name: str, patch: tuple[int, ...], checkpointing: bool, backbone: str)
 
     channels = CHANNELS.get(name, 1)
     if name == "PlainConvUNet":
-        spec = importlib.util.spec_from_file_location(
-            "s2canet_vs_plainconvunet", Path(__file__).with_name("s2canet_vs_plainconvunet.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.default_plain_conv_unet(list(patch), channels, CLASSES)[0]
+        from nnunet_ext.trainers.plain_conv_unet import default_plain_conv_unet
+
+        return default_plain_conv_unet(list(patch), channels, CLASSES, deep_supervision=True)[0]
     keywords = {"activation_checkpointing": checkpointing}
     if name == "S2CANet":
         keywords["patch_size"] = patch
@@ -75,56 +70,16 @@ def input_shape(name: str, patch: tuple[int, ...]) -> tuple[int, ...]:
     return (BATCH, CHANNELS.get(name, 1), *patch)
 
 
-def _peak_rss_reset() -> int:
-    """Reset the process' peak RSS to its current RSS; return that (bytes)."""
-    Path("/proc/self/clear_refs").write_text("5")
-    return _status_bytes("VmHWM")
-
-
-def _status_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _allocation_peak(profiler: torch.profiler.profile) -> int:
-    """Peak of the running sum of the CPU allocations (+) and frees (-) the profiler recorded."""
-    events = sorted((e for e in profiler.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    running = peak = 0
-    for event in events:
-        running += event.nbytes()
-        peak = max(peak, running)
-    return peak
-
-
 def measure(name: str, patch: tuple[int, ...], checkpointing: bool, backbone: str) -> dict:
-    """In a fresh subprocess: peak tensor memory, peak RSS growth and CPU time of one real training step."""
-    from nnunet_ext.architectures.memory import default_loss, default_optimizer
+    """In a fresh subprocess: measured peak tensor memory and process CPU time per step of two real training
+    steps (``measure_training_memory``)."""
+    from nnunet_ext.architectures.memory import measure_training_memory
 
     torch.manual_seed(0)
-    network = build(name, patch, checkpointing, backbone).train()
-    optimizer = default_optimizer(network.parameters())
-    shape = input_shape(name, patch)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss = default_loss(network(torch.randn(shape)))
-        loss.backward()
-        optimizer.step()
-
-    step()  # warm-up: creates the momentum buffers, initialises kernels
-    optimizer.zero_grad(set_to_none=True)
-    held = sum(t.nbytes for t in [*network.parameters(), *network.buffers()])
-    held += sum(t.nbytes for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor))
-    rss_before = _peak_rss_reset()
-    cpu_start = time.process_time()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profiler:
-        step()
-    cpu_seconds = time.process_time() - cpu_start
-    rss_growth = _status_bytes("VmHWM") - rss_before
-    return {"measured": held + _allocation_peak(profiler), "rss": held + rss_growth, "cpu_s": cpu_seconds}
+    network = build(name, patch, checkpointing, backbone)
+    start = time.process_time()
+    measured = measure_training_memory(network, input_shape(name, patch))
+    return {"measured": measured, "cpu_s": (time.process_time() - start) / 2}
 
 
 def predict(name: str, patch: tuple[int, ...], checkpointing: bool, backbone: str) -> dict:
@@ -153,14 +108,13 @@ def run_case(name: str, patch: tuple[int, ...], checkpointing: bool, backbone: s
 def print_validation(rows: list[dict]) -> None:
     print(f"predicted vs measured peak memory of one training step (fp32, CPU, batch {BATCH}, {CLASSES} classes)")
     header = (f"{'network':<19} {'patch':<12} {'predicted MiB':>13} {'measured MiB':>12} {'ratio':>6} "
-              f"{'±15%':>5} {'RSS MiB':>8} {'predict s':>9}")
+              f"{'±15%':>5} {'predict s':>9}")
     print(header)
     print("-" * len(header))
     for row in rows:
         within = "yes" if abs(row["ratio"] - 1) <= TOLERANCE else "NO"
         print(f"{row['network']:<19} {'x'.join(map(str, row['patch'])):<12} {row['predicted'] / 2 ** 20:>13.0f} "
-              f"{row['measured'] / 2 ** 20:>12.0f} {row['ratio']:>6.3f} {within:>5} {row['rss'] / 2 ** 20:>8.0f} "
-              f"{row['predict_s']:>9.1f}")
+              f"{row['measured'] / 2 ** 20:>12.0f} {row['ratio']:>6.3f} {within:>5} {row['predict_s']:>9.1f}")
 
 
 def print_checkpointing(pairs: list[tuple[dict, dict]]) -> None:
