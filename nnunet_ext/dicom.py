@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -43,16 +44,24 @@ TAG_DESCRIPTION = "0008|103e"
 TAG_MODALITY = "0008|0060"
 TAG_ROWS = "0028|0010"
 TAG_COLUMNS = "0028|0011"
+TAG_FRAMES = "0028|0008"
 # Steps between neighbouring slices that differ from the median step by more than this fraction are reported.
 SPACING_TOLERANCE = 0.1
 # Two slices closer than this (mm) along the normal are one position stored twice.
 DUPLICATE_DISTANCE_MM = 1e-3
+# Direction cosines that differ by less than this are one orientation (headers store them rounded).
+ORIENTATION_TOLERANCE = 1e-3
+# Slices that drift sideways, over the whole series, by less than this fraction of a pixel are not tilted.
+TILT_TOLERANCE = 0.1
 NIFTI_ENDING = ".nii.gz"
 # A file with these endings, or with the "DICM" marker after the 128-byte preamble, is meant to be DICOM.
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 DICOM_MARKER_OFFSET, DICOM_MARKER = 128, b"DICM"
 # DICOMDIR, the media's index, is DICOM but holds no image
 NOT_AN_IMAGE = ("DICOMDIR",)
+# ITK warnings that say nothing the caller does not handle: a folder without a series (list_series returns none),
+# uneven slice positions (_arrange_slices reports them with the positions)
+HARMLESS_ITK_WARNINGS = ("No Series were found", "Non uniform sampling or missing slices detected")
 
 
 class DicomError(ValueError):
@@ -74,11 +83,22 @@ class DicomSeries:
 
 @dataclass
 class SeriesFiles:
-    """The series ``read_dicom_series`` would read: its files in slice order, and what was noticed on the way."""
+    """The series ``read_dicom_series`` would read: its files in slice order, and what was noticed on the way.
+
+    ``slice_step`` is the mean vector (mm, LPS) from one slice to the next, None when the headers do not give it;
+    ``frame_order`` is set for one multi-frame file (Enhanced CT): its frames in position order.
+    """
 
     series: DicomSeries
     files: list[str]
     notes: list[str]
+    slice_step: np.ndarray | None = None
+    frame_order: list[int] | None = None
+    first_position: np.ndarray | None = None
+
+    @property
+    def num_slices(self) -> int:
+        return len(self.frame_order) if self.frame_order is not None else len(self.files)
 
 
 @dataclass
@@ -204,11 +224,17 @@ def inspect_series(folder: str | os.PathLike, series_uid: str | None = None, ski
         log(f"{folder} holds {len(series)} series; using the largest, {_uid(chosen.uid)} ({len(chosen.files)} "
             f"files). Others: {_describe(series[1:])}. Name one with --series-uid.")
         choice.append(f"{len(series)} series in the folder; read the largest, {_uid(chosen.uid)}")
-    files, slice_notes = _order_slices(chosen.files)
+    frame_order = None
+    if len(chosen.files) == 1 and int(_header(chosen.files[0]).get(TAG_FRAMES, "1").strip() or 1) > 1:
+        frame_order, slice_notes, step, first_position = _order_frames(chosen.files[0])
+        files = chosen.files
+    else:
+        files, slice_notes, step = _order_slices(chosen.files)
+        first_position = None
     for note in skipped + slice_notes:
         log(f"warning: {folder}: {note}")
     notes = skipped + choice + slice_notes
-    return SeriesFiles(chosen, files, notes)
+    return SeriesFiles(chosen, files, notes, step, frame_order, first_position)
 
 
 def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None,
@@ -219,16 +245,19 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None,
     """
     folder = Path(folder)
     found = inspect_series(folder, series_uid, skip_unreadable, log)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(found.files)
     try:
-        with _quiet_itk():  # our check above names the positions; ITK's generic warning would only repeat it
-            image = reader.Execute()
+        with _quiet_itk():
+            image = sitk.ReadImage(found.files if found.frame_order is None else found.files[0])
     except RuntimeError as error:
         raise DicomError(f"Could not read series {_uid(found.series.uid)} in {folder}: {error}") from error
+    if found.frame_order is not None:
+        image = _frames_in_order(image, found)
+    notes = list(found.notes)
+    if found.slice_step is not None:
+        image = _place_slices(image, found.slice_step, notes, log, folder)
     modality = _header(found.files[0]).get(TAG_MODALITY, "").strip()
     return DicomVolume(image=image, folder=folder, series_uid=found.series.uid, num_files=len(found.files),
-                       modality=modality, warnings=found.notes)
+                       modality=modality, warnings=notes)
 
 
 def dicom_to_nifti(input_path: str | os.PathLike, output_dir: str | os.PathLike, series_uid: str | None = None,
@@ -312,12 +341,27 @@ def write_image_atomically(image: sitk.Image, target: Path) -> None:
 
 @contextlib.contextmanager
 def _quiet_itk():
-    display = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(display)
+    """Hide ITK's known harmless warnings (``HARMLESS_ITK_WARNINGS``) printed during the block, pass on the others.
+
+    ITK prints to the process' standard error (file descriptor 2), so the block's output there is caught in a file
+    and written out afterwards without the harmless warnings; other output to standard error in that time (another
+    thread's) comes out after the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [block for block in re.split(r"(?m)^(?=WARNING: In )", caught.read().decode(errors="replace"))
+                    if not any(harmless in block for harmless in HARMLESS_ITK_WARNINGS)]
+            if "".join(kept):
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 def _choose_series(folder: Path, series: list[DicomSeries], series_uid: str | None) -> DicomSeries:
@@ -354,41 +398,161 @@ def _header(file: str) -> dict[str, str]:
     return {key: reader.GetMetaData(key) for key in reader.GetMetaDataKeys()}
 
 
-def _order_slices(files: list[str]) -> tuple[list[str], list[str]]:
-    """Files sorted by position along the slice normal without repeated positions, and notes on the spacing."""
+def _order_slices(files: list[str]) -> tuple[list[str], list[str], np.ndarray | None]:
+    """Files sorted by position along the slice normal without repeated positions, notes on the spacing, and the
+    mean step from one slice to the next (mm, LPS; None when the headers do not say)."""
     if len(files) == 1:
-        return files, []
+        return files, [], None
     headers = [_header(f) for f in files]
     _refuse_other_sizes(files, headers)
     if any(TAG_POSITION not in h or TAG_ORIENTATION not in h for h in headers):
-        return files, ["some slices lack Image Position/Orientation (Patient); slices kept in GDCM's order"]
-    orientation = np.array([float(v) for v in headers[0][TAG_ORIENTATION].split("\\")])
-    normal = np.cross(orientation[:3], orientation[3:])
-    positions = np.array([np.dot([float(v) for v in h[TAG_POSITION].split("\\")], normal) for h in headers])
-    order = np.argsort(positions, kind="stable")
-    files = [files[i] for i in order]
-    positions = positions[order]
+        return files, ["some slices lack Image Position/Orientation (Patient); slices kept in GDCM's order"], None
+    where = f"series of {Path(files[0]).parent}"
+    order, notes, step = _arrange_slices([Path(f).name for f in files],
+                                         np.array([_numbers(h[TAG_POSITION]) for h in headers]),
+                                         np.array([_numbers(h[TAG_ORIENTATION]) for h in headers]), where)
+    return [files[i] for i in order], notes, step
 
+
+def _arrange_slices(names: list[str], positions: np.ndarray, orientations: np.ndarray,
+                    where: str) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Slices (files or frames) in position order along the normal, without repeated positions: their indices, the
+    notes on duplicates and uneven steps, and the mean step vector."""
+    orientation = _common_orientation(names, orientations, where)
+    normal = np.cross(orientation[:3], orientation[3:])
+    along = positions @ normal
+    order = np.argsort(along, kind="stable")
+    along = along[order]
     notes = []
-    steps = np.diff(positions)
-    repeated = steps < DUPLICATE_DISTANCE_MM
+    repeated = np.diff(along) < DUPLICATE_DISTANCE_MM
     if repeated.any():
         notes.append(f"{int(repeated.sum())} duplicated slice(s) at position(s) "
-                     f"{_positions(positions[1:][repeated])} mm along the slice normal; kept the first file of each")
+                     f"{_positions(along[1:][repeated])} mm along the slice normal; kept the first of each")
         keep = np.concatenate([[True], ~repeated])
-        files = [f for f, k in zip(files, keep) if k]
-        positions = positions[keep]
-        steps = np.diff(positions)
+        order, along = order[keep], along[keep]
+    steps = np.diff(along)
     if len(steps):
         step = float(np.median(steps))
         uneven = np.abs(steps - step) > SPACING_TOLERANCE * step
         if uneven.any():
-            gaps = [f"{positions[i]:.2f} -> {positions[i + 1]:.2f}" for i in np.flatnonzero(uneven)]
+            gaps = [f"{along[i]:.2f} -> {along[i + 1]:.2f}" for i in np.flatnonzero(uneven)]
             notes.append(f"inconsistent slice spacing (missing slices?): the usual step is {step:.2f} mm but the "
                          f"step is different between positions {', '.join(gaps)} mm along the slice normal; the "
-                         f"volume assumes an even step of {(positions[-1] - positions[0]) / (len(positions) - 1):.2f} "
+                         f"volume assumes an even step of {(along[-1] - along[0]) / (len(along) - 1):.2f} "
                          "mm, so anatomy there is displaced. Re-export the complete series.")
-    return files, notes
+    mean_step = (positions[order[-1]] - positions[order[0]]) / max(len(order) - 1, 1)
+    return order, notes, mean_step
+
+
+def _common_orientation(names: list[str], orientations: np.ndarray, where: str) -> np.ndarray:
+    """The Image Orientation (Patient) that the slices share; slices with another one are an error: ITK would stack
+    them as if they were parallel."""
+    rounded = [tuple(np.round(o, 3)) for o in orientations]
+    usual = max(set(rounded), key=rounded.count)
+    odd = [f"{name} ({_cosines(o)})" for name, o in zip(names, orientations)
+           if not np.allclose(o, usual, atol=ORIENTATION_TOLERANCE)]
+    if odd:
+        raise DicomError(f"Slice(s) with another orientation in {where}: {_names(odd)}; the other "
+                         f"{len(names) - len(odd)} slices have Image Orientation (Patient) {_cosines(usual)}. A "
+                         "series must be one stack of parallel slices: move the odd file(s) out of the folder (a "
+                         "localizer or a reformatted slice?), or re-export the series.")
+    return orientations[rounded.index(usual)]
+
+
+def _numbers(value: str) -> list[float]:
+    return [float(v) for v in value.split("\\")]
+
+
+def _cosines(values) -> str:
+    return "\\".join(f"{float(v):g}" for v in values)
+
+
+def _order_frames(file: str) -> tuple[list[int], list[str], np.ndarray, np.ndarray]:
+    """The frames of one multi-frame file (Enhanced CT) in position order from its per-frame functional groups,
+    the notes on them, the mean step and the first frame's position. GDCM places the frames by the first one's
+    position and the stored Spacing Between Slices, and keeps their stored order; this checks both."""
+    import pydicom  # only here: SimpleITK does not give the functional group sequences
+
+    dataset = pydicom.dcmread(file, stop_before_pixels=True)
+    shared = (dataset.get("SharedFunctionalGroupsSequence") or [None])[0]
+    frames = dataset.get("PerFrameFunctionalGroupsSequence") or []
+    positions = [_functional_group(f, shared, "PlanePositionSequence", "ImagePositionPatient") for f in frames]
+    orientations = [_functional_group(f, shared, "PlaneOrientationSequence", "ImageOrientationPatient")
+                    for f in frames]
+    count = int(dataset.get("NumberOfFrames", 1))
+    if len(frames) != count or any(p is None for p in positions) or any(o is None for o in orientations):
+        raise DicomError(f"{file} is a multi-frame DICOM file ({count} frames, SOP class "
+                         f"{dataset.get('SOPClassUID', '?')}) whose per-frame functional groups do not give every "
+                         "frame's Plane Position and Orientation, so its frames cannot be placed as a volume. "
+                         "Convert it with dcm2niix (it writes a NIfTI file where the frames form a volume) and give "
+                         "that file instead.")
+    order, notes, step = _arrange_slices([f"frame {i + 1}" for i in range(count)], np.array(positions),
+                                         np.array(orientations), f"multi-frame file {file}")
+    return [int(i) for i in order], notes, step, np.array(positions[order[0]])
+
+
+def _functional_group(frame, shared, sequence: str, attribute: str) -> list[float] | None:
+    """An attribute of a frame's functional group, or of the shared one where the frame has none."""
+    for group in (frame, shared):
+        if group is not None and group.get(sequence) and attribute in group.get(sequence)[0]:
+            return [float(v) for v in group.get(sequence)[0].get(attribute)]
+    return None
+
+
+def _frames_in_order(image: sitk.Image, found: SeriesFiles) -> sitk.Image:
+    """The frames of a multi-frame image in position order, placed at the first one's position, stacked along the
+    normal of rows and columns (GDCM may take a stack stored from the last position as a flipped one)."""
+    ordered = sitk.GetImageFromArray(sitk.GetArrayViewFromImage(image)[found.frame_order])
+    rows, columns = np.array(image.GetDirection()).reshape(3, 3)[:, :2].T
+    normal = np.cross(rows, columns)
+    ordered.SetDirection(tuple(np.column_stack([rows, columns, normal]).ravel()))
+    ordered.SetOrigin(tuple(float(v) for v in found.first_position))
+    ordered.SetSpacing((*image.GetSpacing()[:2], float(found.slice_step @ normal)))
+    return ordered
+
+
+def _place_slices(image: sitk.Image, step: np.ndarray, notes: list[str], log: Callable[[str], None],
+                  folder: Path) -> sitk.Image:
+    """The image on a grid orthogonal to its slices: a gantry tilt (slices that step sideways, not along their
+    normal) is resampled, with a warning, instead of being sheared as ITK reads it."""
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    spacing = np.array(image.GetSpacing())
+    steps = direction.T @ step  # along the rows, the columns and the normal
+    sideways = float(np.hypot(steps[0], steps[1]))
+    if sideways * (image.GetSize()[2] - 1) <= TILT_TOLERANCE * min(spacing[:2]):
+        return image
+    resampled = _resample_tilted(image, steps)
+    angle = float(np.degrees(np.arctan2(sideways, steps[2])))
+    note = (f"gantry tilt of {angle:.1f} degrees: each slice is {sideways:.2f} mm sideways of the one before, "
+            f"{steps[2]:.2f} mm along the slice normal; resampled (linear) onto a grid orthogonal to the slices, "
+            f"{image.GetSize()} -> {resampled.GetSize()} voxels, corners outside the scan filled with the lowest "
+            "value")
+    notes.append(note)
+    log(f"warning: {folder}: {note}")
+    return resampled
+
+
+def _resample_tilted(image: sitk.Image, steps: np.ndarray) -> sitk.Image:
+    """Resample slices that step by ``steps`` (rows, columns, normal; mm) onto the orthogonal grid of the same
+    spacing that covers them all."""
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    origin = np.array(image.GetOrigin())
+    (dx, dy, _), size = image.GetSpacing(), np.array(image.GetSize())
+    as_stacked = sitk.Image(image)  # the voxels as stacked along the normal, which is what the resampler reads
+    as_stacked.SetSpacing((dx, dy, float(steps[2])))
+    stacked_axes = direction @ np.diag([dx, dy, steps[2]])
+    true_axes = direction @ np.column_stack([[dx, 0, 0], [0, dy, 0], steps])
+    # an output point x lies at index A^-1 (x - origin) of the true grid, i.e. at origin + B A^-1 (x - origin)
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix(tuple((stacked_axes @ np.linalg.inv(true_axes)).ravel()))
+    transform.SetCenter(tuple(origin))
+    drift = steps[:2] * (size[2] - 1)
+    new_size = [int(size[0] + np.ceil(abs(drift[0]) / dx - 1e-3)), int(size[1] + np.ceil(abs(drift[1]) / dy - 1e-3)),
+                int(size[2])]
+    new_origin = origin + direction[:, :2] @ np.minimum(drift, 0)
+    lowest = float(sitk.GetArrayViewFromImage(image).min())
+    return sitk.Resample(as_stacked, new_size, transform, sitk.sitkLinear, tuple(new_origin),
+                         (dx, dy, float(steps[2])), image.GetDirection(), lowest, image.GetPixelID())
 
 
 def _refuse_other_sizes(files: list[str], headers: list[dict[str, str]]) -> None:

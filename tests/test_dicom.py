@@ -1,23 +1,28 @@
 """DICOM series -> image -> NIfTI: series by UID, slices by position, rescale to HU, geometry, and the warnings and
 errors for bad series. The series are written by the tests with SimpleITK (tests/dicom_series.py)."""
+import locale
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 
 from conftest import run_command, scrubbed_environment
 from dicom_series import INTERCEPT, SLOPE, hu_phantom, stored_pixels, write_series
 
-from nnunet_ext.dicom import DicomError, OutputFolderError, dicom_to_nifti, find_dicom_cases, read_dicom_series
+from nnunet_ext.dicom import (DicomError, OutputFolderError, _quiet_itk, dicom_to_nifti, find_dicom_cases,
+                              read_dicom_series)
 
 SIZE = (12, 10, 6)  # x, y, z
 SPACING = (0.7, 0.9, 2.5)
 # rows run to the patient's right, slices to the feet: a flipped series (a proper rotation, det +1)
 FLIPPED = (-1, 0, 0, 0, 1, 0, 0, 0, -1)
+ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"  # SOP Class UID of Enhanced CT Image Storage (multi-frame)
 
 
 def _assert_same_geometry(actual: sitk.Image, expected: sitk.Image) -> None:
@@ -234,3 +239,95 @@ def test_an_interrupted_conversion_leaves_no_partial_file(tmp_path, stop):
     assert sorted(p.name for p in output.iterdir()) == ["a_0000.nii.gz"]  # b's partial file is gone
     assert sitk.ReadImage(str(output / "a_0000.nii.gz")).GetSize() == SIZE
     assert (output / "a_0000.nii.gz").read_bytes()[:2] == b"\x1f\x8b"  # NIfTI, gzip-compressed, as its name says
+
+
+def test_a_slice_of_another_orientation_is_named(tmp_path):
+    files = write_series(hu_phantom(SIZE, SPACING), tmp_path / "series", orientations={2: (0, 1, 0, 0, 0, -1)})
+    with pytest.raises(DicomError, match=rf"another orientation.*{files[2].name} \(0\\1\\0\\0\\0\\-1\).*other 5 "
+                                         r"slices have Image Orientation \(Patient\) 1\\0\\0\\0\\1\\0.*move the odd"):
+        dicom_to_nifti(tmp_path / "series", tmp_path / "out", log=_quiet)
+    assert not (tmp_path / "out").exists()
+
+
+def _ball_on_tilted_slices(direction: tuple[float, ...], shift_mm: float,
+                           radius: float) -> tuple[sitk.Image, np.ndarray]:
+    """A ball (HU 1000 in -1000) sampled on slices that move ``shift_mm`` along the columns per slice, as a gantry
+    tilt does, and its centre; the image's own geometry is that of the untilted stack, write_series adds the tilt."""
+    size, spacing, origin = (24, 24, 16), (1.0, 1.0, 2.0), (-12.0, -12.0, 0.0)
+    axes = np.array(direction).reshape(3, 3)
+    centre = np.array(origin) + axes @ [12.0, 14.0, 15.0]  # inside every slice's field of view
+    k, j, i = np.meshgrid(*(np.arange(n) for n in size[::-1]), indexing="ij")
+    points = (np.array(origin)[:, None] + axes @ np.stack([i.ravel() * spacing[0], j.ravel() * spacing[1],
+                                                           k.ravel() * spacing[2]]) + axes[:, 1:2] * shift_mm * k.ravel())
+    inside = (np.linalg.norm(points - centre[:, None], axis=0) <= radius).reshape(k.shape)
+    image = sitk.GetImageFromArray(np.where(inside, 1000, -1000).astype(np.int16))
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    return image, centre
+
+
+@pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), FLIPPED], ids=["axial", "flipped"])
+def test_a_gantry_tilt_is_resampled_onto_an_orthogonal_grid_with_a_warning(tmp_path, direction):
+    radius = 6.0
+    tilted, centre = _ball_on_tilted_slices(direction, 0.8, radius)
+    write_series(tilted, tmp_path / "tilted", tilt_shift_mm=0.8)
+    messages = []
+
+    image = read_dicom_series(tmp_path / "tilted", log=messages.append).image
+
+    # the ball comes out round and where it is: compared voxel by voxel with the ball drawn on the output grid
+    assert image.GetSpacing() == pytest.approx((1.0, 1.0, 2.0))
+    assert np.allclose(image.GetDirection(), direction)
+    indices = np.stack(np.meshgrid(*(np.arange(n) for n in image.GetSize()), indexing="ij"), -1).reshape(-1, 3)
+    points = np.array(image.GetOrigin()) + indices * image.GetSpacing() @ np.array(direction).reshape(3, 3).T
+    expected = (np.linalg.norm(points - centre, axis=1) <= radius).reshape(image.GetSize()).transpose(2, 1, 0)
+    found = sitk.GetArrayFromImage(image) > 0
+    assert 2 * (expected & found).sum() / (expected.sum() + found.sum()) > 0.95
+    assert np.allclose([points[found.transpose(2, 1, 0).ravel()].mean(axis=0)], centre, atol=0.3)
+    assert len(messages) == 1 and "gantry tilt of 21.8 degrees" in messages[0] and "0.80 mm sideways" in messages[0]
+    assert "(24, 24, 16) -> (24, 36, 16)" in messages[0]
+
+
+def test_itk_warnings_pass_except_the_known_harmless_ones(tmp_path, capfd):
+    write_series(hu_phantom((12, 10, 8), SPACING), tmp_path / "gap", skip=(4,))
+    (tmp_path / "empty").mkdir()
+    find_dicom_cases(tmp_path)  # scans tmp_path and the empty folder: ITK prints "No Series were found"
+    read_dicom_series(tmp_path / "gap", log=_quiet)  # ITK's "Non uniform sampling" repeats our own warning
+    assert capfd.readouterr().err == ""
+    sheared = sitk.Image(4, 4, 4, sitk.sitkInt16)
+    sheared.SetDirection((1, 0, 0, 0.2, 1, 0, 0, 0, 1))
+    with _quiet_itk():
+        sitk.WriteImage(sheared, str(tmp_path / "sheared.nii.gz"))
+    assert "Non-orthogonal direction matrix coerced to orthogonal" in capfd.readouterr().err
+
+
+def _enhanced_ct(phantom: sitk.Image, file: Path, reverse_frames: bool) -> None:
+    """One Enhanced CT file (multi-frame, per-frame functional groups written by GDCM); ``reverse_frames`` stores
+    the frames (pixels and functional groups) from the last position to the first."""
+    saved_locale = locale.setlocale(locale.LC_ALL)
+    image = sitk.Image(phantom)
+    for tag, value in {"0008|0016": ENHANCED_CT, "0008|0060": "CT", "0020|000e": "1.2.3.970.30"}.items():
+        image.SetMetaData(tag, value)
+    file.parent.mkdir(parents=True)
+    try:
+        sitk.WriteImage(image, str(file))
+    finally:
+        locale.setlocale(locale.LC_ALL, saved_locale)
+    if reverse_frames:
+        dataset = pydicom.dcmread(file)
+        dataset.PerFrameFunctionalGroupsSequence = pydicom.Sequence(list(dataset.PerFrameFunctionalGroupsSequence)[::-1])
+        dataset.PixelData = np.ascontiguousarray(dataset.pixel_array[::-1]).tobytes()
+        dataset.save_as(file)
+
+
+@pytest.mark.parametrize("reverse_frames", [False, True], ids=["stored_in_order", "stored_reversed"])
+def test_enhanced_ct_in_one_file_reads_as_a_volume_in_position_order(tmp_path, reverse_frames):
+    phantom = hu_phantom(SIZE, SPACING, FLIPPED)
+    _enhanced_ct(phantom, tmp_path / "enhanced" / "CT.dcm", reverse_frames)
+
+    volume = read_dicom_series(tmp_path / "enhanced", log=_quiet)
+
+    _assert_same_geometry(volume.image, phantom)
+    assert np.array_equal(sitk.GetArrayFromImage(volume.image), sitk.GetArrayFromImage(phantom))
+    assert volume.num_files == 1 and volume.warnings == []
