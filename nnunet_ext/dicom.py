@@ -8,7 +8,10 @@ it keeps that geometry too.
 
 Slices at the same position are dropped (the first file is kept) and reported; gaps and uneven steps between
 positions are reported with the positions, because ITK then assumes the mean step for every slice and anatomy
-beyond the gap is displaced.
+beyond the gap is displaced. Slices of another orientation are refused by name. A gantry tilt (slices that step
+sideways, not along their normal) would be read by ITK as a sheared volume; it is resampled onto a grid orthogonal
+to the slices, with a warning naming the angle, as dcm2niix does. An Enhanced CT (the whole series as frames of one
+file) is read as one volume, its frames ordered and placed by their per-frame functional groups.
 
 Nothing is dropped silently: a file of the folder that looks like DICOM (a DICOM preamble, or a .dcm/.ima name)
 but cannot be read stops the run with its name (``skip_unreadable`` turns that into a warning that names it), a
@@ -203,7 +206,8 @@ def inspect_series(folder: str | os.PathLike, series_uid: str | None = None, ski
 
     Raises:
         DicomError: no DICOM series in ``folder``, ``series_uid`` is not one of its series, two series tie for the
-            largest, a file cannot be read, or slices differ in size.
+            largest, a file cannot be read, slices differ in size or orientation, or the frames of a multi-frame
+            file cannot be placed.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -224,17 +228,15 @@ def inspect_series(folder: str | os.PathLike, series_uid: str | None = None, ski
         log(f"{folder} holds {len(series)} series; using the largest, {_uid(chosen.uid)} ({len(chosen.files)} "
             f"files). Others: {_describe(series[1:])}. Name one with --series-uid.")
         choice.append(f"{len(series)} series in the folder; read the largest, {_uid(chosen.uid)}")
-    frame_order = None
-    if len(chosen.files) == 1 and int(_header(chosen.files[0]).get(TAG_FRAMES, "1").strip() or 1) > 1:
-        frame_order, slice_notes, step, first_position = _order_frames(chosen.files[0])
+    frame_order = first_position = None
+    if len(chosen.files) == 1 and int(_header(chosen.files[0]).get(TAG_FRAMES, "").strip() or 1) > 1:
         files = chosen.files
+        frame_order, slice_notes, step, first_position = _order_frames(files[0])
     else:
         files, slice_notes, step = _order_slices(chosen.files)
-        first_position = None
     for note in skipped + slice_notes:
         log(f"warning: {folder}: {note}")
-    notes = skipped + choice + slice_notes
-    return SeriesFiles(chosen, files, notes, step, frame_order, first_position)
+    return SeriesFiles(chosen, files, skipped + choice + slice_notes, step, frame_order, first_position)
 
 
 def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None,
@@ -483,9 +485,9 @@ def _order_frames(file: str) -> tuple[list[int], list[str], np.ndarray, np.ndarr
     if len(frames) != count or any(p is None for p in positions) or any(o is None for o in orientations):
         raise DicomError(f"{file} is a multi-frame DICOM file ({count} frames, SOP class "
                          f"{dataset.get('SOPClassUID', '?')}) whose per-frame functional groups do not give every "
-                         "frame's Plane Position and Orientation, so its frames cannot be placed as a volume. "
-                         "Convert it with dcm2niix (it writes a NIfTI file where the frames form a volume) and give "
-                         "that file instead.")
+                         "frame's Plane Position and Orientation, so its frames cannot be placed as a volume (is it "
+                         "a cine or a localizer?). If it is a volume, convert it with dcm2niix, which has its own "
+                         "rules for vendors' multi-frame files, check the NIfTI file's geometry and give that file.")
     order, notes, step = _arrange_slices([f"frame {i + 1}" for i in range(count)], np.array(positions),
                                          np.array(orientations), f"multi-frame file {file}")
     return [int(i) for i in order], notes, step, np.array(positions[order[0]])
