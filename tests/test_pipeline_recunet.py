@@ -14,7 +14,8 @@ from conftest import PIPELINE_DATASET_ID, run_command
 from nnunet_ext.architectures import RECUNet
 from nnunet_ext.architectures.profiling import count_parameters
 from nnunet_ext.architectures.recunet import ORIGINAL_FEATURES
-from nnunet_ext.trainers.recunet import TwoPhaseLRScheduler, nnUNetTrainerRECUNet
+from nnunet_ext.trainers.lr_schedules import TwoPhaseLRScheduler
+from nnunet_ext.trainers.recunet import nnUNetTrainerRECUNet
 
 TRAINER = "nnUNetTrainerRECUNet_Smoke"
 DATASET_ID = 960

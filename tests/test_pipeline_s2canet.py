@@ -15,7 +15,8 @@ import torch
 from conftest import run_command
 
 from nnunet_ext.architectures import S2CANet
-from nnunet_ext.trainers.s2canet import WarmupConstantCosineLRScheduler, nnUNetTrainerS2CANet
+from nnunet_ext.trainers.lr_schedules import WarmupConstantCosineLRScheduler
+from nnunet_ext.trainers.s2canet import nnUNetTrainerS2CANet
 
 TRAINER = "nnUNetTrainerS2CANet_Smoke"
 DATASET_ID = 940

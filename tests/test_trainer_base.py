@@ -4,7 +4,8 @@ import torch
 
 from nnunet_ext.architectures import SegFormer3DVariant
 from nnunet_ext.trainers import nnUNetTrainerSegFormer3DVariant
-from nnunet_ext.trainers.base import UnsupportedConfigurationError, WarmupPolyLRScheduler
+from nnunet_ext.trainers.base import UnsupportedConfigurationError
+from nnunet_ext.trainers.lr_schedules import WarmupPolyLRScheduler
 
 
 def _plans(**configurations: list[int]) -> dict:

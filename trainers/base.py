@@ -32,13 +32,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
-from nnunetv2.training.lr_scheduler.warmup import Lin_incr_LRScheduler, PolyLRScheduler_offset
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_ext.architectures.profiling import count_macs, count_parameters
+from nnunet_ext.trainers.lr_schedules import WarmupPolyLRScheduler
 
 
 # what `nnunet-ext plan` records in each configuration it plans (predicted memory, target, precision, checkpointing)
@@ -53,25 +53,6 @@ def planned_activation_checkpointing(configuration_manager: ConfigurationManager
 
 class UnsupportedConfigurationError(ValueError):
     """A configuration whose dimensionality the trainer's network cannot process."""
-
-
-class WarmupPolyLRScheduler(Lin_incr_LRScheduler):
-    """Linear warm-up over ``warmup_epochs``, then nnU-Net's polynomial decay to 0 at ``max_epochs``.
-
-    nnU-Net steps schedulers once per epoch with the epoch number, so the schedule is a pure function of that
-    number and survives ``--c`` resumption. Both phases are nnU-Net's own schedulers.
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, initial_lr: float, warmup_epochs: int, max_epochs: int):
-        self.warmup_epochs = warmup_epochs
-        self.decay = PolyLRScheduler_offset(optimizer, initial_lr, max_epochs, warmup_epochs)
-        super().__init__(optimizer, initial_lr, warmup_epochs)
-
-    def step(self, current_step: int | None = None) -> None:
-        if current_step is not None and current_step >= self.warmup_epochs:
-            self.decay.step(current_step)
-        else:
-            super().step(current_step)
 
 
 # ---- preemption safety -----------------------------------------------------------------------------------------

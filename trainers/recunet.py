@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import _LRScheduler
 
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
@@ -34,30 +33,7 @@ from nnunet_ext.trainers.base import (
     nnUNetTrainerExt,
     planned_activation_checkpointing,
 )
-
-
-class TwoPhaseLRScheduler(_LRScheduler):
-    """``initial_lr`` for epochs before ``switch_epoch``, ``final_lr`` from it on.
-
-    nnU-Net steps its scheduler once per epoch with the epoch number, so the learning rate is a pure function of
-    that number and survives ``--c`` resumption.
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, initial_lr: float, final_lr: float, switch_epoch: int):
-        self.initial_lr = initial_lr
-        self.final_lr = final_lr
-        self.switch_epoch = switch_epoch
-        self.ctr = 0
-        super().__init__(optimizer)
-
-    def step(self, current_step: int | None = None) -> None:
-        if current_step is None or current_step == -1:
-            current_step = self.ctr
-            self.ctr += 1
-        lr = self.initial_lr if current_step < self.switch_epoch else self.final_lr
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+from nnunet_ext.trainers.lr_schedules import TwoPhaseLRScheduler
 
 
 class nnUNetTrainerRECUNet(nnUNetTrainerExt):

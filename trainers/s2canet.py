@@ -17,11 +17,8 @@ coarseness. All four weights are positive, so every head gets a gradient (DDP ne
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import _LRScheduler
 
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
@@ -32,54 +29,7 @@ from nnunet_ext.trainers.base import (
     nnUNetTrainerExt,
     planned_activation_checkpointing,
 )
-
-
-class WarmupConstantCosineLRScheduler(_LRScheduler):
-    """Linear warm-up from ``initial_lr * final_factor`` to ``initial_lr``, constant, then cosine decay back to
-    ``initial_lr * final_factor`` at ``max_steps``; a pure function of the step (nnU-Net passes the epoch), so it
-    survives ``--c`` resumption.
-
-    Args:
-        optimizer: the optimizer whose learning rate is set.
-        initial_lr: peak learning rate.
-        warmup_steps: steps of the linear warm-up (0: none).
-        constant_steps: steps at the peak after the warm-up.
-        max_steps: total steps; the decay ends here.
-        final_factor: start of the warm-up and end of the decay, relative to ``initial_lr``.
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, initial_lr: float, warmup_steps: int, constant_steps: int,
-                 max_steps: int, final_factor: float = 1e-3, current_step: int | None = None) -> None:
-        self.optimizer = optimizer
-        self.initial_lr = initial_lr
-        self.warmup_steps = warmup_steps
-        self.constant_steps = constant_steps
-        self.max_steps = max_steps
-        self.final_factor = final_factor
-        self.ctr = 0
-        super().__init__(optimizer, current_step if current_step is not None else -1)
-
-    def lr_at(self, step: int) -> float:
-        low = self.initial_lr * self.final_factor
-        if step < self.warmup_steps:
-            return low + (self.initial_lr - low) * step / self.warmup_steps
-        decay_start = self.warmup_steps + self.constant_steps
-        if step < decay_start:
-            return self.initial_lr
-        progress = min(1.0, (step - decay_start) / max(1, self.max_steps - 1 - decay_start))
-        return low + (self.initial_lr - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    def step(self, current_step: int | None = None) -> None:
-        if current_step is None or current_step == -1:
-            current_step = self.ctr
-            self.ctr += 1
-        lr = self.lr_at(current_step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
-
-    def get_last_lr(self) -> list[float]:
-        return self._last_lr
+from nnunet_ext.trainers.lr_schedules import WarmupConstantCosineLRScheduler
 
 
 class nnUNetTrainerS2CANet(nnUNetTrainerExt):
