@@ -466,7 +466,7 @@ def _numbers(value: str) -> list[float]:
 
 
 def _cosines(values) -> str:
-    return "\\".join(f"{float(v):g}" for v in values)
+    return "\\".join(f"{float(v) + 0.0:g}" for v in values)  # + 0.0: no "-0"
 
 
 def _order_frames(file: str) -> tuple[list[int], list[str], np.ndarray, np.ndarray]:

@@ -267,11 +267,22 @@ def _ball_on_tilted_slices(direction: tuple[float, ...], shift_mm: float,
     return image, centre
 
 
+@pytest.mark.parametrize("storage", ["series", "enhanced"])
 @pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), FLIPPED], ids=["axial", "flipped"])
-def test_a_gantry_tilt_is_resampled_onto_an_orthogonal_grid_with_a_warning(tmp_path, direction):
-    radius = 6.0
-    tilted, centre = _ball_on_tilted_slices(direction, 0.8, radius)
-    write_series(tilted, tmp_path / "tilted", tilt_shift_mm=0.8)
+def test_a_gantry_tilt_is_resampled_onto_an_orthogonal_grid_with_a_warning(tmp_path, direction, storage):
+    radius, shift_mm = 6.0, 0.8
+    tilted, centre = _ball_on_tilted_slices(direction, shift_mm, radius)
+    if storage == "series":
+        write_series(tilted, tmp_path / "tilted", tilt_shift_mm=shift_mm)
+    else:  # GDCM places the frames by the first one and the spacing; only the per-frame positions show the tilt
+        _enhanced_ct(tilted, tmp_path / "tilted" / "CT.dcm", reverse_frames=False)
+        dataset = pydicom.dcmread(tmp_path / "tilted" / "CT.dcm")
+        column = np.array(direction).reshape(3, 3)[:, 1]
+        for k, frame in enumerate(dataset.PerFrameFunctionalGroupsSequence):
+            plane = frame.PlanePositionSequence[0]
+            plane.ImagePositionPatient = [f"{v:.6f}" for v in np.array(plane.ImagePositionPatient, float)
+                                          + k * shift_mm * column]
+        dataset.save_as(tmp_path / "tilted" / "CT.dcm")
     messages = []
 
     image = read_dicom_series(tmp_path / "tilted", log=messages.append).image
@@ -331,3 +342,15 @@ def test_enhanced_ct_in_one_file_reads_as_a_volume_in_position_order(tmp_path, r
     _assert_same_geometry(volume.image, phantom)
     assert np.array_equal(sitk.GetArrayFromImage(volume.image), sitk.GetArrayFromImage(phantom))
     assert volume.num_files == 1 and volume.warnings == []
+
+
+def test_a_multi_frame_file_whose_frames_have_no_positions_is_refused_with_what_to_do(tmp_path):
+    file = tmp_path / "frames" / "CT.dcm"
+    _enhanced_ct(hu_phantom(SIZE, SPACING), file, reverse_frames=False)
+    dataset = pydicom.dcmread(file)
+    for frame in dataset.PerFrameFunctionalGroupsSequence:
+        del frame.PlanePositionSequence
+    dataset.save_as(file)
+    with pytest.raises(DicomError, match=rf"CT.dcm is a multi-frame DICOM file \(6 frames, SOP class {ENHANCED_CT}\)"
+                                         r".*Plane Position and Orientation.*dcm2niix"):
+        dicom_to_nifti(tmp_path / "frames", tmp_path / "out", log=_quiet)
