@@ -139,7 +139,7 @@ class ArchitectureAwarePlanner(ExperimentPlanner):
         except ValueError as error:
             raise _BelowMinimum from error
 
-    def training_memory(self, patch: list[int], batch_size: int, configuration: dict | None = None):
+    def training_memory(self, patch: list[int], batch_size: int):
         """The trainer's predicted ``TrainingMemory`` at ``patch`` and ``batch_size`` for the configuration being
         planned (cached)."""
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -147,7 +147,7 @@ class ArchitectureAwarePlanner(ExperimentPlanner):
         candidate = self._candidate
         key = (candidate.configuration, tuple(patch), batch_size, candidate.activation_checkpointing)
         if key not in self._memory_cache:
-            settings = {**(configuration or {}), "patch_size": list(patch), "batch_size": batch_size,
+            settings = {"patch_size": list(patch), "batch_size": batch_size,
                         "batch_dice": candidate.batch_dice, "architecture": candidate.architecture,
                         PLANS_KEY: {"activation_checkpointing": candidate.activation_checkpointing}}
             plans = {"dataset_name": self.dataset_name, "plans_name": self.plans_identifier,
@@ -180,8 +180,7 @@ class ArchitectureAwarePlanner(ExperimentPlanner):
         name = "2d" if len(spacing) == 2 else "3d_fullres"
         if name not in self.configurations:  # plan_experiment plans both; this one is dropped before saving
             return {"spacing": spacing, "patch_size": [int(s) for s in median_shape]}
-        self._candidate = _Candidate(name, self.checkpointing != "off", batch_dice=name == "2d")
-        self._require_minimum_fits(len(spacing))  # before a search that would shrink every axis to its minimum
+        self._require_minimum_fits(name, spacing, data_identifier)  # before a search down to the minimum
         modes = {"off": [False], "on": [True], "auto": [False, True]}[self.checkpointing]
         plans = []
         for checkpointing in modes:
@@ -204,17 +203,16 @@ class ArchitectureAwarePlanner(ExperimentPlanner):
 
     def _finish_plan(self, plan: dict, approximate_n_voxels_dataset: float) -> dict:
         patch = self.admissible_patch(plan["patch_size"])
-        settings = {k: v for k, v in plan.items() if k not in ("patch_size", "batch_size")}
         covered = round(approximate_n_voxels_dataset * self.max_dataset_covered / np.prod(patch, dtype=np.float64))
-        batch_size = self._largest_batch(patch, max(covered, self.UNet_min_batch_size), settings)
-        memory = self.training_memory(patch, batch_size, settings)
+        batch_size = self._largest_batch(patch, max(covered, self.UNet_min_batch_size))
+        memory = self.training_memory(patch, batch_size)
         plan.update(patch_size=patch, batch_size=batch_size, batch_dice=self._candidate.batch_dice)
         plan[PLANS_KEY] = {"predicted_memory_gb": round(memory.peak_gb, 4),
                            "gpu_memory_target_gb": self.UNet_vram_target_GB, "precision": self.precision,
                            "activation_checkpointing": self._candidate.activation_checkpointing}
         return plan
 
-    def _largest_batch(self, patch: list[int], cap: int, settings: dict) -> int:
+    def _largest_batch(self, patch: list[int], cap: int) -> int:
         """The largest batch size up to ``cap`` whose predicted memory fits (2 always does: the patch was shrunk
         for it). Activations grow linearly with the batch, so a line through batch 2 and 3 gives the first guess,
         which the model then confirms."""
@@ -223,13 +221,13 @@ class ArchitectureAwarePlanner(ExperimentPlanner):
 
         def fit(batch: int) -> bool:
             if batch not in fits:
-                fits[batch] = self.training_memory(patch, batch, settings).peak_gb <= target
+                fits[batch] = self.training_memory(patch, batch).peak_gb <= target
             return fits[batch]
 
         if cap <= 2 or not fit(3):
             return 2
-        at2 = self.training_memory(patch, 2, settings).peak_gb
-        per_sample = self.training_memory(patch, 3, settings).peak_gb - at2
+        at2 = self.training_memory(patch, 2).peak_gb
+        per_sample = self.training_memory(patch, 3).peak_gb - at2
         batch = cap if per_sample <= 0 else max(3, min(cap, 2 + int((target - at2) / per_sample)))
         while batch > 3 and not fit(batch):
             batch -= 1
@@ -244,9 +242,13 @@ class ArchitectureAwarePlanner(ExperimentPlanner):
                 return self.admissible_patch([edge] * dim)
         raise PlanningError(f"{self.trainer.__name__}.adjust_patch_size accepts no patch up to 1024 per axis.")
 
-    def _require_minimum_fits(self, dim: int) -> None:
-        # the least memory allowed: the smallest patch, with checkpointing unless it is off
-        patch = self.smallest_admissible_patch(dim)
+    def _require_minimum_fits(self, name: str, spacing, data_identifier: str) -> None:
+        # the least memory allowed: the smallest patch, with checkpointing unless it is off. nnU-Net's planning of an
+        # image of that size gives the network's topology there (for trainers that build from the plans)
+        self._candidate = _Candidate(name, self.checkpointing != "off", batch_dice=name == "2d")
+        patch = self.smallest_admissible_patch(len(spacing))
+        with contextlib.suppress(_BelowMinimum):
+            super().get_plans_for_configuration(spacing, patch, data_identifier, 1.0, {})
         memory = self.training_memory(patch, 2).peak_gb
         if memory > self.UNet_vram_target_GB:
             raise PlanningError(
