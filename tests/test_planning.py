@@ -38,6 +38,13 @@ def planned(nnunet_env, planned_dataset, preprocessed):
     return result.stdout, folders_before
 
 
+@pytest.fixture
+def nnunet_paths(nnunet_env, monkeypatch) -> None:
+    """This run's nnU-Net folders in the environment, for in-process calls of ``nnunet-ext`` code."""
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(name, nnunet_env[name])
+
+
 @pytest.fixture(scope="module")
 def planner(nnunet_env, planned_dataset):
     """The planner on the pipeline dataset, nnU-Net's module paths pointed at this run's folders."""
@@ -152,10 +159,7 @@ def test_stock_nnunetv2_train_trains_with_the_plans_and_logs_the_prediction(nnun
         in log
 
 
-def test_existing_plans_are_refused_without_overwrite_and_left_untouched(nnunet_env, planned, preprocessed,
-                                                                         monkeypatch):
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(name, nnunet_env[name])
+def test_existing_plans_are_refused_without_overwrite_and_left_untouched(nnunet_paths, planned, preprocessed):
     plans_file = preprocessed / f"{PLANS}.json"
     before = plans_file.read_bytes()
     with pytest.raises(planning.PlanningError, match="exist already; left untouched.*--overwrite"):
@@ -163,9 +167,7 @@ def test_existing_plans_are_refused_without_overwrite_and_left_untouched(nnunet_
     assert plans_file.read_bytes() == before
 
 
-def test_trainer_without_memory_model_and_wrong_configuration_are_refused(nnunet_env, planned_dataset, monkeypatch):
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(name, nnunet_env[name])
+def test_trainer_without_memory_model_and_wrong_configuration_are_refused(nnunet_paths, planned_dataset):
     with pytest.raises(planning.PlanningError, match="nnUNetTrainer has no memory model.*nnUNetTrainerExt.*"
                                                       "training_memory"):
         planning.plan(str(PIPELINE_DATASET_ID), "nnUNetTrainer")
@@ -174,11 +176,9 @@ def test_trainer_without_memory_model_and_wrong_configuration_are_refused(nnunet
                                           configurations=["3d_fullres"])
 
 
-def test_dataset_without_fingerprint_says_how_to_make_one(nnunet_env, monkeypatch):
+def test_dataset_without_fingerprint_says_how_to_make_one(nnunet_env, nnunet_paths):
     from nnunet_ext.synthetic import make_synthetic_dataset
 
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(name, nnunet_env[name])
     make_synthetic_dataset(NO_FINGERPRINT_ID, dim=3, num_cases=2, num_test_cases=0, shape=(16, 16, 16),
                            raw_dir=Path(nnunet_env["nnUNet_raw"]), overwrite=True)
     with pytest.raises(planning.PlanningError, match="no fingerprint.*nnUNetv2_extract_fingerprint -d 994 .*"
@@ -186,12 +186,9 @@ def test_dataset_without_fingerprint_says_how_to_make_one(nnunet_env, monkeypatc
         planning.plan(str(NO_FINGERPRINT_ID), TRAINER.__name__)
 
 
-def test_check_reports_the_predicted_memory_and_a_target_it_exceeds(nnunet_env, planned, preprocessed, monkeypatch,
-                                                                    capsys):
+def test_check_reports_the_predicted_memory_and_a_target_it_exceeds(nnunet_paths, planned, preprocessed, capsys):
     from nnunet_ext.cli import main
 
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(name, nnunet_env[name])
     planned_gb = json.loads((preprocessed / f"{PLANS}.json").read_text())["configurations"]["3d_fullres"][
         PLANS_KEY]["predicted_memory_gb"]
     assert main(["check", "-d", str(PIPELINE_DATASET_ID), "-c", "3d_fullres", "-tr", TRAINER.__name__, "-p", PLANS,
