@@ -23,7 +23,6 @@ are our own, timm's for the encoder) and the same function, with these differenc
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 import warnings
@@ -36,6 +35,7 @@ from torch import nn
 from .blocks import AttentionGate, depthwise_conv
 from .blocks.cbam import ChannelGate, SpatialAttentionMap
 from .blocks.checkpointing import checkpointed
+from .blocks.ops import crop_to_size, deep_supervision_scales, downsampled_size, pad_to_size, round_up_to_multiple
 from .weight_conversion import BATCH_NORM_ENTRIES, RenameRule, rename_keys
 
 PVT_V2_VARIANTS = ("pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b3", "pvt_v2_b4", "pvt_v2_b5")
@@ -440,7 +440,7 @@ class RccSegmentor(nn.Module):
     @staticmethod
     def padded_input_size(size: Sequence[int]) -> list[int]:
         """The spatial size the layers process for an input of ``size``: each axis rounded up to a multiple of 32."""
-        return [math.ceil(s / TOTAL_STRIDE) * TOTAL_STRIDE for s in size]
+        return round_up_to_multiple(size, TOTAL_STRIDE)
 
     @staticmethod
     def deep_supervision_scales(patch_size: Sequence[int]) -> list[list[float]]:
@@ -449,23 +449,20 @@ class RccSegmentor(nn.Module):
         nnU-Net resizes targets to ``round(size * scale)``; these scales reproduce the output sizes exactly
         (1/8 and 1/16 per axis whenever the axis is divisible by 16; ⌈size / stride⌉ / size otherwise).
         """
-        return [[math.ceil(s / stride) / s for s in patch_size] for stride in DEEP_SUPERVISION_STRIDES]
+        return deep_supervision_scales(patch_size, DEEP_SUPERVISION_STRIDES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         size = list(x.shape[2:])
         padded = self.padded_input_size(size)
-        if padded != size:
-            x = F.pad(x, (0, padded[1] - size[1], 0, padded[0] - size[0]))
-        features = self.encoder(x)
+        features = self.encoder(pad_to_size(x, padded))
         x_high, aux = self.decoder(features[1:])
         x_low = checkpointed(self.fem, features[0], enabled=self.activation_checkpointing and self.training)
         logits = self.head(x_low + x_high)
-        logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)[..., :size[0], :size[1]]
+        logits = crop_to_size(F.interpolate(logits, size=padded, mode="bilinear", align_corners=False), size)
         if aux is None:
             return logits
-        cropped = [a[..., :math.ceil(size[0] / s), :math.ceil(size[1] / s)]
-                   for a, s in zip(aux, DEEP_SUPERVISION_STRIDES[1:])]
-        return [logits, *cropped]
+        strides = DEEP_SUPERVISION_STRIDES[1:]
+        return [logits, *(crop_to_size(a, downsampled_size(size, s)) for a, s in zip(aux, strides))]
 
 
 class RccSegmentorLight(RccSegmentor):

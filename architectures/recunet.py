@@ -18,7 +18,6 @@ operations. Differences, none of which changes the function of the original 2D n
 """
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 
@@ -28,6 +27,7 @@ from torch import nn
 
 from .blocks import AttentionGate, TripletAttention, matching_norm, spatial_dims
 from .blocks.checkpointing import checkpointed
+from .blocks.ops import crop_to_size, deep_supervision_scales, pad_to_size, round_up_to_multiple
 from .weight_conversion import BATCH_NORM_ENTRIES, RenameRule, rename_keys
 
 ORIGINAL_FEATURES = (64, 128, 256, 512, 1024)
@@ -220,24 +220,19 @@ class RECUNet(nn.Module):
     def padded_input_size(size: Sequence[int], total_stride: int = 16) -> list[int]:
         """The spatial size the layers process for an input of ``size``: each axis rounded up to a multiple of
         ``total_stride`` (16 for the original's four poolings)."""
-        return [math.ceil(s / total_stride) * total_stride for s in size]
+        return round_up_to_multiple(size, total_stride)
 
     @staticmethod
     def deep_supervision_scales(patch_size: Sequence[int]) -> list[list[float]]:
         """Scale of each output relative to the patch: the single full-resolution head."""
-        return [[1.0] * len(patch_size)]
+        return deep_supervision_scales(patch_size, [1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         size = list(x.shape[2:])
-        padded = self.padded_input_size(size, self.total_stride)
-        if padded != size:
-            x = F.pad(x, [amount for s, p in zip(reversed(size), reversed(padded)) for amount in (0, p - s)])
-        skips = [self.encoder[0](x)]
+        skips = [self.encoder[0](pad_to_size(x, self.padded_input_size(size, self.total_stride)))]
         for stage in self.encoder[1:]:
             skips.append(stage(self.pool(skips[-1])))
-        logits = self.decoder(skips)
-        if padded != size:
-            logits = logits[(..., *(slice(0, s) for s in size))]
+        logits = crop_to_size(self.decoder(skips), size)
         return [logits] if self.decoder.deep_supervision else logits
 
 

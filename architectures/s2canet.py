@@ -29,6 +29,7 @@ from torch import nn
 from .blocks import AttentionGate, AttentiveDeformableConv, ChannelGate, InstanceNorm, SpatialAttentionMap
 from .blocks import depthwise_conv
 from .blocks.checkpointing import checkpointed
+from .blocks.ops import crop_to_size, deep_supervision_scales, downsampled_size, pad_to_size
 from .weight_conversion import RenameRule, rename_keys
 
 Size3D = tuple[int, int, int]
@@ -670,7 +671,7 @@ class S2CANet(nn.Module):
     def deep_supervision_scales(cls, patch_size: Sequence[int]) -> list[list[float]]:
         """Scales of the deep-supervision outputs relative to ``patch_size``, full resolution first: 1, 1/2, 1/4,
         1/8 per axis (the patch is a multiple of 8)."""
-        return [[1.0 / stride] * len(patch_size) for stride in cls.deep_supervision_strides]
+        return deep_supervision_scales(patch_size, cls.deep_supervision_strides)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         size = list(x.shape[2:])
@@ -680,9 +681,7 @@ class S2CANet(nn.Module):
                 f"spatial size {size}. Build it with a patch_size covering the input (nnU-Net: predict with the "
                 f"plan the model was trained with, whose patch is the sliding-window tile)")
         padded = list(self.patch_size)
-        if size != padded:
-            x = F.pad(x, [amount for s, p in zip(reversed(size), reversed(padded)) for amount in (0, p - s)])
-        x0, x1, x2, x3 = self.encoder(x)
+        x0, x1, x2, x3 = self.encoder(pad_to_size(x, padded))
         bottom = self.context([x0, x1, x2, x3])
         x0, x1, x2 = checkpointed(self.skip_refinement, x0, x1, x2,
                                   enabled=self.activation_checkpointing and self.training)
@@ -690,9 +689,9 @@ class S2CANet(nn.Module):
         if size == padded:
             return out
         if not isinstance(out, list):
-            return out[..., :size[0], :size[1], :size[2]]
-        crops = [[math.ceil(s / stride) for s in size] for stride in self.deep_supervision_strides]
-        return [o[..., :c[0], :c[1], :c[2]] for o, c in zip(out, crops)]
+            return crop_to_size(out, size)
+        strides = self.deep_supervision_strides
+        return [crop_to_size(o, downsampled_size(size, stride)) for o, stride in zip(out, strides)]
 
 
 # ---- the original's weights ------------------------------------------------------------------------------------

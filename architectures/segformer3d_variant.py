@@ -25,7 +25,6 @@ internally and the outputs cropped back, so nnU-Net's sliding window can never c
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -35,6 +34,7 @@ from torch.nn.functional import scaled_dot_product_attention
 
 from .blocks import ASPP, SCSE, AttentionGate, DepthwiseSeparableConv, InstanceNorm, depthwise_conv
 from .blocks.checkpointing import checkpointed
+from .blocks.ops import crop_to_size, deep_supervision_scales, downsampled_size, pad_to_size
 from .weight_conversion import BATCH_NORM_ENTRIES, RenameRule, rename_keys
 
 Size3D = tuple[int, int, int]
@@ -399,22 +399,16 @@ class SegFormer3DVariant(nn.Module):
         nnU-Net resizes targets to ``round(size * scale)``; these scales reproduce the network's output sizes
         exactly (0.25 per axis whenever the axis is divisible by 4; ceil(size / 4) / size otherwise).
         """
-        return [[math.ceil(s / stride) / s for s in patch_size] for stride in cls.deep_supervision_strides]
+        return deep_supervision_scales(patch_size, cls.deep_supervision_strides)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         size = list(x.shape[2:])
         padded = self.padded_input_size(size, self.sr_ratios)
-        if padded != size:
-            pads = [amount for s, p in zip(reversed(size), reversed(padded)) for amount in (0, p - s)]
-            x = F.pad(x, pads)
-        main, aux = self.decoder(self.encoder(x))
-        main = F.interpolate(main, size=padded, mode="trilinear", align_corners=False)
-        if padded != size:
-            main = main[..., :size[0], :size[1], :size[2]]
+        main, aux = self.decoder(self.encoder(pad_to_size(x, padded)))
+        main = crop_to_size(F.interpolate(main, size=padded, mode="trilinear", align_corners=False), size)
         if not self.decoder.deep_supervision:
             return main
-        aux_size = [math.ceil(s / self.deep_supervision_strides[1]) for s in size]
-        return [main, aux[..., :aux_size[0], :aux_size[1], :aux_size[2]]]
+        return [main, crop_to_size(aux, downsampled_size(size, self.deep_supervision_strides[1]))]
 
 
 # ---- the original's weights ------------------------------------------------------------------------------------

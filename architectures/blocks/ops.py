@@ -1,10 +1,16 @@
-"""Helpers that map a convolution class to the matching dimension-specific operations.
+"""Helpers that map a convolution class to the matching dimension-specific operations, and the size helpers of the
+networks (padding any input to the sizes their stages need, cropping outputs back, deep-supervision scales).
 
 Blocks in this package receive the convolution class (``nn.Conv2d`` or ``nn.Conv3d``, as in
 dynamic-network-architectures) and derive everything else that depends on the number of spatial axes from it.
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -68,3 +74,36 @@ def make_nonlin(nonlin: type[nn.Module] | None, nonlin_kwargs: dict | None) -> n
     if nonlin is None:
         return nn.Identity()
     return nonlin(**(nonlin_kwargs or {}))
+
+
+def round_up_to_multiple(size: Sequence[int], multiple: int) -> list[int]:
+    """Each axis of ``size`` rounded up to a multiple of ``multiple`` (a network's total stride)."""
+    return [math.ceil(s / multiple) * multiple for s in size]
+
+
+def pad_to_size(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``x`` (B, C, *spatial) zero-padded at the end of each spatial axis to ``size`` (``x`` itself if equal)."""
+    current = list(x.shape[2:])
+    if current == list(size):
+        return x
+    return F.pad(x, [amount for s, p in zip(reversed(current), reversed(size)) for amount in (0, p - s)])
+
+
+def crop_to_size(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """The first ``size`` positions of each spatial axis of ``x`` (B, C, *spatial): undoes ``pad_to_size``."""
+    return x[(..., *(slice(0, s) for s in size))]
+
+
+def downsampled_size(size: Sequence[int], stride: int) -> list[int]:
+    """The size of an output at ``stride`` for an input of ``size``: ⌈size / stride⌉ per axis."""
+    return [math.ceil(s / stride) for s in size]
+
+
+def deep_supervision_scales(patch_size: Sequence[int], strides: Sequence[int]) -> list[list[float]]:
+    """Per-output scales relative to ``patch_size`` of outputs at ``strides`` (full resolution first), as nnU-Net's
+    ``_get_deep_supervision_scales`` returns them.
+
+    nnU-Net resizes the targets to ``round(size * scale)``; ⌈size / stride⌉ / size reproduces each output's size
+    exactly (1 / stride whenever the axis is divisible by the stride).
+    """
+    return [[c / s for c, s in zip(downsampled_size(patch_size, stride), patch_size)] for stride in strides]
