@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import statistics
-import subprocess
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
+
+from harness import (add_run_arguments, measure_calls, peak_mib_column, print_table, ratios_text,
+                     resolve_run_arguments, run_worker)
 
 VARIANTS = ("conv3d", "grid_sample", "grid_sample_floor", "gather")
 
@@ -101,26 +100,8 @@ def measure(variant: str, args: argparse.Namespace) -> dict:
         for tensor in (x, weight, offsets):
             tensor.grad = None
         forward().square().mean().backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
 
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    times, cpu_times = [], []
-    for i in range(args.warmup + args.steps):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        step()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - start)
-            cpu_times.append(time.process_time() - cpu_start)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    timing = measure_calls(step, device, args.warmup, args.steps)
     check = None
     if variant.startswith("grid_sample"):  # agrees with gather: "zeros" away from the border, "floor" everywhere
         with torch.no_grad():
@@ -133,15 +114,7 @@ def measure(variant: str, args: argparse.Namespace) -> dict:
             else:
                 mine = deformable_sample(small[0], 4 * small[1], 3, border="floor")
                 check = float((mine - gather_deformable_samples(small[0], 4 * small[1], 3)).abs().max())
-    return {"variant": variant, "step_s": statistics.median(times),
-            "cpu_s": statistics.median(cpu_times), "peak_bytes": peak, "max_difference": check}
-
-
-def run_in_subprocess(variant: str, argv: list[str]) -> dict:
-    result = subprocess.run([sys.executable, __file__, *argv, "--worker", variant], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"measuring {variant} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return {"variant": variant, **timing, "max_difference": check}
 
 
 def main() -> None:
@@ -150,38 +123,30 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--channels", type=int, default=8, help="sampled channels (S2CA-Net: 96 / 12 = 8)")
     parser.add_argument("--out-channels", type=int, default=96)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--steps", type=int, help="timed steps (default 5 on CPU, 20 on CUDA)")
-    parser.add_argument("--warmup", type=int, help="untimed steps first (default 1 on CPU, 5 on CUDA)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's default)")
+    add_run_arguments(parser, "steps", cpu_steps=5, cpu_warmup=1)
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    cuda = args.device == "cuda"
+    cuda = resolve_run_arguments(args, cpu_steps=5, cpu_warmup=1)
     args.size = args.size or (64 if cuda else 32)
-    args.steps = args.steps or (20 if cuda else 5)
-    args.warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.worker:
         print(json.dumps(measure(args.worker, args)))
         return
 
-    rows = [run_in_subprocess(variant, sys.argv[1:]) for variant in VARIANTS]
+    rows = [run_worker(__file__, sys.argv[1:], [variant], variant, stderr_tail=3000) for variant in VARIANTS]
     threads = f", {torch.get_num_threads()} threads" if not cuda else ""
     print(f"device {args.device}{threads}; input {args.batch}x{args.channels}x{args.size}^3 -> {args.out_channels} "
           f"channels, kernel 3; fwd+bwd median of {args.steps} steps after {args.warmup} warm-up")
-    print(f"{'variant':<17} {'fwd+bwd s':>10} {'CPU s':>8} {'peak MiB':>10}")
-    for row in rows:
-        print(f"{row['variant']:<17} {row['step_s']:>10.4f} {row['cpu_s']:>8.3f} {row['peak_bytes'] / 2 ** 20:>10.0f}")
+    print_table(rows, [("variant", "<17", lambda row: row["variant"]),
+                       ("fwd+bwd s", ">10", lambda row: f"{row['step_s']:.4f}"),
+                       ("CPU s", ">8", lambda row: f"{row['cpu_s']:.3f}"), peak_mib_column(10)], rule=False)
     by_name = {row["variant"]: row for row in rows}
     ours, plain, gather = by_name["grid_sample"], by_name["conv3d"], by_name["gather"]
     print()
     floor = by_name["grid_sample_floor"]
     for name, mine, other in (("grid_sample / conv3d", ours, plain), ("grid_sample / gather", ours, gather),
                               ("grid_sample_floor / grid_sample", floor, ours)):
-        print(f"{name}: time {mine['step_s'] / other['step_s']:.2f}x, "
-              f"CPU time {mine['cpu_s'] / other['cpu_s']:.2f}x, "
-              f"memory {mine['peak_bytes'] / max(other['peak_bytes'], 1):.2f}x")
+        fields = [("time", "step_s"), ("CPU time", "cpu_s"), ("memory", "peak_bytes")]
+        print(f"{name}: {ratios_text(mine, other, fields, digits=2, separator=', ', unit='x')}")
     print(f"max |grid_sample - gather| on interior samples: {ours['max_difference']:.2e}")
     print(f"max |grid_sample_floor - gather| on all samples, offsets up to ~8 voxels: {floor['max_difference']:.2e}")
 

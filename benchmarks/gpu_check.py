@@ -23,10 +23,11 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness import run_worker
 
 DATASET_ID = 777
 FULL_SHAPE = (96, 192, 192)  # a CT-like volume: planning gives each network its own full-size patch
@@ -133,15 +134,6 @@ def _plan_all(device_type: str, target_gb: float) -> list[tuple[str, str, str]]:
     return runs
 
 
-def _in_subprocess(argv: list[str]) -> dict:
-    import subprocess
-
-    result = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def _ratio(value: float | None, reference: float | None) -> str:
     return f"{value / reference:.2f}" if value and reference else "-"
 
@@ -185,7 +177,8 @@ def main() -> None:
             spec = {"trainer_name": trainer, "plans_name": plans, "configuration": configuration,
                     "device_type": args.device, "steps": steps, "warmup": warmup, "compile_network": compile_network}
             # a fresh process per CUDA run: its own peak-memory statistics and compile caches
-            row = measure_training(**spec) if args.quick else _in_subprocess(["--worker", json.dumps(spec)])
+            row = (measure_training(**spec) if args.quick
+                   else run_worker(__file__, [], [json.dumps(spec)], f"{trainer} {configuration}", stderr_tail=3000))
             rows.append({**row, "configuration": configuration})
             print(f"  {trainer} {configuration}{' compiled' if compile_network else ''}: {row['step_s']:.3f} s/step",
                   flush=True)
@@ -200,7 +193,8 @@ def main() -> None:
     import deformable_conv3d
 
     conv_args = ["--device", args.device, *(["--size", "8", "--steps", "1", "--warmup", "0"] if args.quick else [])]
-    conv = {v: deformable_conv3d.run_in_subprocess(v, conv_args) for v in ("conv3d", "grid_sample")}
+    conv = {v: run_worker(deformable_conv3d.__file__, conv_args, [v], v, stderr_tail=3000)
+            for v in ("conv3d", "grid_sample")}
     print(f"Deformable convolution (one grid_sample) / conv3d, fwd+bwd: time "
           f"{conv['grid_sample']['step_s'] / conv['conv3d']['step_s']:.2f}x, memory "
           f"{_ratio(conv['grid_sample']['peak_bytes'], conv['conv3d']['peak_bytes'])}x")

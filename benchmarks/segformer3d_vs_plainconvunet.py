@@ -30,19 +30,13 @@ Usage (needs nnunet-ext installed, or its source on PYTHONPATH):
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import statistics
-import subprocess
-import sys
-import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager
 from unittest import mock
 
 import torch
 from torch import nn
 
-MODELS = ("PlainConvUNet", "SegFormer3DVariant", "original-style")
+from harness import Model, TrainingComparison
 
 
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -51,159 +45,23 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
     return scores.softmax(dim=-1) @ v
 
 
-def default_plain_conv_unet(patch: list[int], channels: int, classes: int) -> tuple[nn.Module, list[int]]:
-    """nnU-Net's default 3D PlainConvUNet for ``patch`` at spacing 1; returns it and the (divisible) patch."""
-    from dynamic_network_architectures.architectures.unet import PlainConvUNet
-    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
-
-    _, pool_kernels, conv_kernels, planned_patch, _ = get_pool_and_conv_props([1.0] * len(patch), patch, 4, 999999)
-    stages = len(pool_kernels)
-    network = PlainConvUNet(
-        input_channels=channels, n_stages=stages, features_per_stage=[min(320, 32 * 2 ** i) for i in range(stages)],
-        conv_op=nn.Conv3d, kernel_sizes=conv_kernels, strides=pool_kernels, n_conv_per_stage=[2] * stages,
-        num_classes=classes, n_conv_per_stage_decoder=[2] * (stages - 1), conv_bias=True,
-        norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True}, dropout_op=None,
-        dropout_op_kwargs=None, nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=True)
-    return network, [int(p) for p in planned_patch]
-
-
-def planned_plain_conv_unet(plans: str, configuration: str, channels: int,
-                            classes: int) -> tuple[nn.Module, list[int]]:
-    """The network and patch of ``configuration`` in a plans.json, built as nnU-Net builds it."""
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    config = PlansManager(plans).get_configuration(configuration)
-    network = get_network_from_plans(config.network_arch_class_name, config.network_arch_init_kwargs,
-                                     config.network_arch_init_kwargs_req_import, channels, classes,
-                                     deep_supervision=True)
-    return network, list(config.patch_size)
-
-
-def build(model: str, args: argparse.Namespace) -> tuple[nn.Module, list[int]]:
-    if model == "PlainConvUNet":
-        if args.plans:
-            network, patch = planned_plain_conv_unet(args.plans, args.configuration, args.channels, args.classes)
-            return network, (args.patch or patch)
-        return default_plain_conv_unet(args.patch, args.channels, args.classes)
+def segformer3d_variant(args: argparse.Namespace) -> tuple[nn.Module, list[int]]:
     from nnunet_ext.architectures import SegFormer3DVariant
     return SegFormer3DVariant(args.channels, args.classes, deep_supervision=True), args.patch
 
 
-def measure(model: str, args: argparse.Namespace) -> dict:
-    """Runs in a fresh subprocess: time and peak memory of training steps, then parameters and MACs."""
-    from nnunet_ext.architectures import segformer3d_variant
-    from nnunet_ext.architectures.profiling import count_macs, count_parameters
-
-    torch.manual_seed(0)
-    device = torch.device(args.device)
-    attention = (mock.patch.object(segformer3d_variant, "scaled_dot_product_attention", explicit_attention)
-                 if model == "original-style" else nullcontext())
-    with attention:
-        network, patch = build(model, args)
-        network = network.to(device).train()
-        x = torch.randn(args.batch, args.channels, *patch, device=device)
-        autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
-
-        def step() -> None:
-            network.zero_grad(set_to_none=True)
-            with autocast:
-                outputs = network(x)
-                outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-                loss = sum(o.float().mean() for o in outputs)
-            loss.backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            base = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        times = []
-        for i in range(args.warmup + args.steps):
-            start = time.perf_counter()
-            step()
-            if i >= args.warmup:
-                times.append(time.perf_counter() - start)
-        if device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated() - base
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-        network.zero_grad(set_to_none=True)
-        macs = count_macs(network, (1, args.channels, *patch), device=device)
-    return {"model": model, "patch": patch, "params": count_parameters(network), "macs": macs,
-            "step_s": statistics.median(times), "peak_bytes": peak}
+def original_attention() -> AbstractContextManager:
+    from nnunet_ext.architectures import segformer3d_variant as module
+    return mock.patch.object(module, "scaled_dot_product_attention", explicit_attention)
 
 
-def run_in_subprocess(model: str, argv: list[str]) -> dict:
-    result = subprocess.run([sys.executable, __file__, *argv, "--worker", model], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"measuring {model} failed:\n{result.stderr}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def print_report(rows: list[dict], args: argparse.Namespace) -> None:
-    reference = rows[0]
-    threads = f", {torch.get_num_threads()} threads" if args.device == "cpu" else ", fp16 autocast"
-    print(f"device {args.device}{threads}; batch {args.batch}, {args.channels} channel(s), {args.classes} classes; "
-          f"fwd+bwd median of {args.steps} steps after {args.warmup} warm-up; MACs at batch 1")
-    header = f"{'network':<20} {'patch':<14} {'params':>12} {'GMAC':>9} {'fwd+bwd s':>10} {'peak MiB':>10}"
-    print(header)
-    print("-" * len(header))
-    for row in rows:
-        patch = "x".join(str(p) for p in row["patch"])
-        print(f"{row['model']:<20} {patch:<14} {row['params']:>12,} {row['macs'] / 1e9:>9.2f} "
-              f"{row['step_s']:>10.3f} {row['peak_bytes'] / 2 ** 20:>10.0f}")
-    print("\nratios to PlainConvUNet (lower is cheaper/faster):")
-    for row in rows[1:]:
-        print(f"  {row['model']:<20} params {row['params'] / reference['params']:.3f}  "
-              f"MACs {row['macs'] / reference['macs']:.3f}  time {row['step_s'] / reference['step_s']:.3f}  "
-              f"memory {row['peak_bytes'] / max(reference['peak_bytes'], 1):.3f}")
-    by_name = {row["model"]: row for row in rows}
-    sdpa, explicit = by_name["SegFormer3DVariant"], by_name["original-style"]
-    print(f"\nexplicit attention / SDPA: time x{explicit['step_s'] / sdpa['step_s']:.2f}, "
-          f"memory x{explicit['peak_bytes'] / max(sdpa['peak_bytes'], 1):.2f}")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--patch", type=int, nargs=3, metavar=("D", "H", "W"),
-                        help="patch size (default: 32 96 96 on CPU, 32 160 208 on CUDA, the plan's with --plans)")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--channels", type=int, default=1)
-    parser.add_argument("--classes", type=int, default=3)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--steps", type=int, help="timed steps (default: 3 on CPU, 20 on CUDA)")
-    parser.add_argument("--warmup", type=int, help="untimed steps first (default: 1 on CPU, 5 on CUDA)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's default)")
-    parser.add_argument("--plans", help="plans.json whose U-Net is the reference")
-    parser.add_argument("--configuration", default="3d_fullres", help="configuration in --plans")
-    parser.add_argument("--worker", choices=MODELS, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    cuda = args.device == "cuda"
-    args.steps = args.steps or (20 if cuda else 3)
-    args.warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
-    if args.patch is None and not args.plans:
-        args.patch = [32, 160, 208] if cuda else [32, 96, 96]
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.worker:
-        print(json.dumps(measure(args.worker, args)))
-        return
-
-    argv = sys.argv[1:]
-    reference = run_in_subprocess("PlainConvUNet", argv)
-    if args.patch is not None and list(reference["patch"]) != list(args.patch):
-        print(f"note: nnU-Net's topology needs a patch divisible by its strides: {args.patch} -> "
-              f"{reference['patch']}, used for all networks")
-    # every network runs at the reference's patch (the plan's, or the requested one made divisible)
-    argv = argv + ["--patch", *map(str, reference["patch"])]
-    rows = [reference] + [run_in_subprocess(model, argv) for model in MODELS[1:]]
-    print_report(rows, args)
-
+COMPARISON = TrainingComparison(
+    script=__file__, description=__doc__.split("\n\n")[0],
+    models=(Model("SegFormer3DVariant", segformer3d_variant),
+            Model("original-style", segformer3d_variant, original_attention)),
+    cpu_patch=[32, 96, 96], cuda_patch=[32, 160, 208], channels=1, classes=3, configuration="3d_fullres",
+    cpu_steps=3, name_width=20, patch_width=14,
+    contrast=("explicit attention / SDPA", "original-style", "SegFormer3DVariant"))
 
 if __name__ == "__main__":
-    main()
+    COMPARISON.main()

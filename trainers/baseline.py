@@ -7,6 +7,7 @@ from torch import nn
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ext.trainers.base import DemoRunMixin, PreemptionSafeMixin, ShortRunMixin
+from nnunet_ext.trainers.plain_conv_unet import default_plain_conv_unet
 
 
 class nnUNetTrainer_Smoke(ShortRunMixin, nnUNetTrainer):
@@ -29,18 +30,8 @@ class nnUNetTrainerPreemptible(PreemptionSafeMixin, nnUNetTrainer):
     def reference_network(cls) -> nn.Module:
         """What nnU-Net plans for a 128³ patch at isotropic spacing (1 input channel, 3 outputs, deep supervision
         on), for listings: the real network follows each dataset's plans."""
-        from dynamic_network_architectures.architectures.unet import PlainConvUNet
-        from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
-
-        patch = list(cls.reference_patch_size)
-        _, strides, kernels, _, _ = get_pool_and_conv_props([1.0] * len(patch), patch, 4, 999999)
-        stages = len(strides)
-        return PlainConvUNet(
-            input_channels=1, n_stages=stages, features_per_stage=[min(320, 32 * 2 ** i) for i in range(stages)],
-            conv_op=nn.Conv3d, kernel_sizes=kernels, strides=strides, n_conv_per_stage=[2] * stages, num_classes=3,
-            n_conv_per_stage_decoder=[2] * (stages - 1), conv_bias=True, norm_op=nn.InstanceNorm3d,
-            norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True},
-            deep_supervision=True)
+        network, _ = default_plain_conv_unet(list(cls.reference_patch_size), 1, 3, deep_supervision=True)
+        return network
 
 
 class nnUNetTrainerPreemptible_Smoke(ShortRunMixin, nnUNetTrainerPreemptible):
