@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 
 import torch
 from torch import nn
+
+from harness import run_worker
 
 PATCHES = {
     "PlainConvUNet": [(32, 32, 32), (48, 48, 48), (64, 64, 64)],
@@ -95,12 +96,9 @@ def run_case(name: str, patch: tuple[int, ...], checkpointing: bool, backbone: s
     """Prediction and measurement, each in its own fresh subprocess."""
     row = {"network": name, "patch": list(patch), "checkpointing": checkpointing}
     for worker in ("predict", "measure"):
-        argv = [sys.executable, __file__, "--worker", worker, name, json.dumps(list(patch)),
-                "--rcc-backbone", backbone] + (["--checkpointing"] if checkpointing else [])
-        result = subprocess.run(argv, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"{worker} {name} {patch} failed:\n{result.stderr[-3000:]}")
-        row.update(json.loads(result.stdout.strip().splitlines()[-1]))
+        argv = ["--rcc-backbone", backbone] + (["--checkpointing"] if checkpointing else [])
+        row.update(run_worker(__file__, argv, [worker, name, json.dumps(list(patch))], f"{worker} {name} {patch}",
+                              stderr_tail=3000))
     row["ratio"] = row["predicted"] / row["measured"]
     return row
 
