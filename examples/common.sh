@@ -72,9 +72,9 @@ run_pipeline() {
     # synthetic data is valid by construction and rewritten on every run: never reuse its old fingerprint
     ((SYNTHETIC)) && planning=(--clean)
     run nnUNetv2_plan_and_preprocess -d "$DATASET_ID" -c "$CONFIGURATION" "${planning[@]}"
-    run nnunet-ext cv -d "$DATASET_ID" -c "$CONFIGURATION" -tr "$BASELINE" "$TRAINER" --folds "${FOLDS[@]}"
+    run nnunet-ext cv -d "$DATASET_ID" -c "$CONFIGURATION" -tr "$BASELINE" "$TRAINER" -f "${FOLDS[@]}"
     run nnunet-ext benchmark -d "$DATASET_ID" -c "$CONFIGURATION" -tr "$BASELINE" "$TRAINER" \
-        --reference "$BASELINE" --folds "${FOLDS[@]}" -o "$OUT_DIR/benchmark" --ensemble
+        --reference "$BASELINE" -f "${FOLDS[@]}" -o "$OUT_DIR/benchmark" --ensemble
     run nnUNetv2_predict -i "$test_images" -o "$OUT_DIR/predictions" -d "$DATASET_ID" -c "$CONFIGURATION" \
         -tr "$TRAINER" -f "${FOLDS[@]}" -device "$DEVICE"
 }

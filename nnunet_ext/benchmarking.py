@@ -800,7 +800,7 @@ def configure_parser(parser) -> None:
     parser.add_argument("-p", dest="plans", default=None,
                         help="plans identifier (default: the one the results use; several are refused)")
     parser.add_argument("-o", dest="output", required=True, help="output folder for benchmark.md/.csv/.png")
-    parser.add_argument("--folds", nargs="+", default=None, help="folds to include (default: 0 1 2 3 4)")
+    parser.add_argument("-f", dest="folds", nargs="+", default=list(ALL_FOLDS), help="folds to include")
     parser.add_argument("--reference", default=None,
                         help=f"trainer the others are compared with (default: {DEFAULT_REFERENCE}, if it has results)")
     parser.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM,

@@ -411,7 +411,7 @@ def write_slurm_script(path: Path, dataset_id: str, plans: str, jobs: list[FoldJ
         tasks,
         ")",
         "read -r CONFIGURATION TRAINER FOLD <<< \"${TASKS[$SLURM_ARRAY_TASK_ID]}\"",
-        f"{shlex.quote(command)} cv -d {dataset_id} -c \"$CONFIGURATION\" -tr \"$TRAINER\" --folds \"$FOLD\" "
+        f"{shlex.quote(command)} cv -d {dataset_id} -c \"$CONFIGURATION\" -tr \"$TRAINER\" -f \"$FOLD\" "
         f"-p {shlex.quote(plans)} -device cuda &",
         "CHILD=$!",
         "trap 'kill -USR1 $CHILD' USR1",
@@ -440,7 +440,7 @@ def configure_parser(parser) -> None:
     parser.add_argument("-c", dest="configurations", nargs="+", required=True, help="configuration(s), e.g. 3d_fullres")
     parser.add_argument("-tr", dest="trainers", nargs="+", required=True, help="trainer names (ours or nnU-Net's)")
     parser.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
-    parser.add_argument("--folds", nargs="+", default=["0", "1", "2", "3", "4"], help="folds (default: 0 1 2 3 4)")
+    parser.add_argument("-f", dest="folds", nargs="+", default=["0", "1", "2", "3", "4"], help="folds, as nnUNetv2_train's")
     parser.add_argument("-device", dest="device", choices=("cuda", "cpu", "mps"), default=None,
                         help="nnUNetv2_train's -device (default: cuda if a GPU is visible, else cpu)")
     parser.add_argument("--gpus", default=None,

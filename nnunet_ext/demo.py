@@ -6,6 +6,7 @@ the data, chooses the short trainer variants, times the runs and tabulates nnU-N
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import io
 import json
@@ -14,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 from nnunet_ext import benchmarking
@@ -30,7 +30,7 @@ SYNTHETIC_MARKER = "nnunet_ext.synthetic"  # in the description that make_synthe
 PROGRESS_MARKERS = ("Epoch ", "train_loss", "Pseudo dice", "Epoch time", "Predicting", "done with")
 
 
-@dataclass
+@dataclasses.dataclass
 class DemoResult:
     trainer: str
     dice: dict[str, float]
@@ -129,7 +129,8 @@ def _parameters(results_folder: Path) -> int:
 def run_demo(workdir: str | os.PathLike = "nnunet_ext_demo", quick: bool = False,
              trainer_names: list[str] | None = None, baseline: bool = False, dataset_id: int = 501,
              overwrite: bool = False) -> list[DemoResult]:
-    """Synthesise, plan, train, predict and evaluate; print the table and write it to ``workdir/demo_results.md``."""
+    """Synthesise, plan, train, predict and evaluate; print the table and write it to ``workdir/demo_results.md``
+    and, machine-readable, ``workdir/demo_results.json``."""
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder2
 
     trainers = _demo_trainers(trainer_names, baseline, quick)
@@ -193,7 +194,8 @@ def run_demo(workdir: str | os.PathLike = "nnunet_ext_demo", quick: bool = False
     table = format_table(results, quick)
     print("\n" + table)
     (workdir / "demo_results.md").write_text(table + "\n")
-    print(f"\nWritten to {workdir / 'demo_results.md'}; full command output in {log_file}")
+    (workdir / "demo_results.json").write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=1) + "\n")
+    print(f"\nWritten to {workdir / 'demo_results.md'} (and .json); full command output in {log_file}")
     return results
 
 

@@ -619,9 +619,9 @@ def _check_settings(settings: DetectionSettings) -> None:
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"{option} {value}: give a finite number >= 0 ({unit}).")
     if settings.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda, but torch sees no CUDA device; use --device cpu.")
+        raise RuntimeError("-device cuda, but torch sees no CUDA device; use -device cpu.")
     if settings.device == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError("--device mps, but torch sees no MPS device; use --device cpu.")
+        raise RuntimeError("-device mps, but torch sees no MPS device; use -device cpu.")
 
 
 def _cases_to_run(output_dir: Path, cases: list[DetectionCase], overwrite: bool,
@@ -647,7 +647,7 @@ def _make_predictor(spec: ModelSpec, settings: DetectionSettings):
     device = torch.device(settings.device)
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=settings.use_mirroring,
                                 perform_everything_on_device=device.type == "cuda", device=device,
-                                allow_tqdm=False)
+                                allow_tqdm=True)  # nnU-Net's progress bar over the sliding window
     predictor.initialize_from_trained_model_folder(str(spec.folder), list(spec.folds), spec.checkpoint)
     return predictor
 

@@ -35,9 +35,9 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
                             "1000 summed probabilities on its 2x2x5 mm grid)")
     rules.add_argument("--tumor-min-ml", type=float, default=None,
                        help="a lesion counts from this volume (default 1: the original's 50)")
-    parser.add_argument("--device", choices=("cpu", "cuda", "mps"), default=None,
+    parser.add_argument("-device", dest="device", choices=("cpu", "cuda", "mps"), default=None,
                         help="default: cuda when torch sees a GPU, else cpu")
-    parser.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation (faster)")
+    parser.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation (faster)")
     parser.add_argument("--series-uid", default=None,
                         help="the Series Instance UID to read when a folder holds several (default: the largest)")
     parser.add_argument("--crop-margin-mm", type=float, default=20.0,

@@ -47,5 +47,5 @@ def cv_trained(nnunet_env) -> TrainedCrossValidation:
                  "-npfp", "1"], nnunet_env)
     env = {**nnunet_env, "nnUNet_n_proc_DA": "0"}  # training only: preprocessing needs a positive value
     result = run_command(["nnunet-ext", "cv", "-d", str(CV_DATASET_ID), "-c", "3d_fullres", "-tr", *CV_TRAINERS,
-                          "--folds", *CV_FOLDS, "-device", "cpu"], env)
+                          "-f", *CV_FOLDS, "-device", "cpu"], env)
     return TrainedCrossValidation(env, folder.name, result.stdout)

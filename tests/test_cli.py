@@ -1,4 +1,5 @@
 """The ``nnunet-ext`` command as a user runs it: listing, synthetic data, the demo, and its errors."""
+import json
 import shutil
 
 from conftest import run_command, scrubbed_environment
@@ -71,6 +72,9 @@ def test_quick_demo_runs_the_pipeline_and_writes_the_table(tmp_path):
     table = (workdir / "demo_results.md").read_text()
     assert "| nnUNetTrainerSegFormer3DVariant |" in table
     assert "Dice organ" in table and "Dice tumour" in table
+    [result] = json.loads((workdir / "demo_results.json").read_text())
+    assert result["trainer"] == "nnUNetTrainerSegFormer3DVariant" and set(result["dice"]) == {"organ", "tumour"}
+    assert f"| {result['dice']['organ']:.3f} | {result['dice']['tumour']:.3f} |" in table
     assert "[1/" in out  # progress is printed while it runs
     assert len(list((workdir / "predictions" / "nnUNetTrainerSegFormer3DVariant_Smoke").glob("*.nii.gz"))) == 2
 
@@ -171,3 +175,30 @@ def test_nnunet_folders_pointing_at_a_file_are_refused(nnunet_env, tmp_path, mon
     error = capsys.readouterr().err
     assert f"nnUNet_raw ({a_file}) is a file, not a folder" in error and "File exists" not in error
     assert a_file.read_text() == ""
+
+
+def test_every_subcommand_help_says_what_it_does_writes_and_returns():
+    from nnunet_ext.cli import SUBCOMMANDS, build_parser
+
+    top = run_command(["nnunet-ext", "--help"], scrubbed_environment()).stdout
+    assert "``" not in top and all(name in top for name in SUBCOMMANDS)
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command").choices
+    for name, command in SUBCOMMANDS.items():
+        text = subparsers[name].format_help()
+        description = text.split("\n\n", 1)[1]  # after the usage lines
+        assert description.startswith(command.summary) and "exit status:" in description
+        assert "  2  usage or input error" in description
+    cv_help = subparsers["cv"].format_help()
+    assert "-f FOLDS" in cv_help and "(default: 0 1 2 3 4)" in cv_help and "(default: nnUNetPlans)" in cv_help
+    assert " 75  stopped" in cv_help and "--folds" not in cv_help
+    detect_help = subparsers["detect"].format_help()
+    assert "-device" in detect_help and "--disable_tta" in detect_help and "--device" not in detect_help
+    assert "242 s" in subparsers["demo"].format_help()  # the duration the README measures
+
+
+def test_list_json_is_machine_readable():
+    listing = json.loads(run_command(["nnunet-ext", "list", "--json"], scrubbed_environment()).stdout)
+    names = {trainer["name"]: trainer for trainer in listing["trainers"]}
+    assert names["nnUNetTrainerSegFormer3DVariant"]["parameters"] > 0
+    assert names["nnUNetTrainerRECUNet"]["configurations"] == "2d" and listing["discovery"]["active"] is True

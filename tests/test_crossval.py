@@ -51,7 +51,7 @@ def _cv_in_process(capsys, monkeypatch, env, *arguments: str) -> tuple[int, str,
 
 def test_rerun_skips_finished_folds(cv_trained, capsys, monkeypatch):
     checkpoints = {p: p.stat().st_mtime_ns for p in cv_trained.results.glob("*/fold_*/checkpoint_final.pth")}
-    status, out, _ = _cv_in_process(capsys, monkeypatch, cv_trained.env, "-tr", *CV_TRAINERS, "--folds", *CV_FOLDS,
+    status, out, _ = _cv_in_process(capsys, monkeypatch, cv_trained.env, "-tr", *CV_TRAINERS, "-f", *CV_FOLDS,
                                     "-device", "cpu")
     assert status == 0 and out.count("skip (finished)") == 4
     assert "nothing to do" in out and "nnUNetv2_train" not in out
@@ -65,7 +65,7 @@ def test_interrupted_fold_is_resumed_with_c(cv_trained):
     shutil.rmtree(folder / "validation")
     assert crossval.fold_state(folder) == "interrupted"
 
-    result = run_command([*CV, "-tr", *CV_TRAINERS, "--folds", *CV_FOLDS, "-device", "cpu"], cv_trained.env)
+    result = run_command([*CV, "-tr", *CV_TRAINERS, "-f", *CV_FOLDS, "-device", "cpu"], cv_trained.env)
     assert result.stdout.count("skip (finished)") == 3
     assert (f"{CV_TRAINERS[1]} 3d_fullres fold 1: resume (--c)" in result.stdout
             and "-device cpu --c" in result.stdout)
@@ -124,7 +124,7 @@ def test_damaged_files_are_planned_by_what_loads_and_unloadable_folds_are_refuse
     (model / "fold_1" / "validation" / "summary.json").write_text("{")
     env = {**cv_trained.env, "nnUNet_results": str(results)}
 
-    status, out, err = _cv_in_process(capsys, monkeypatch, env, "-tr", CV_TRAINERS[0], "--folds", "0", "1",
+    status, out, err = _cv_in_process(capsys, monkeypatch, env, "-tr", CV_TRAINERS[0], "-f", "0", "1",
                                       "-device", "cpu", "--dry-run")
     assert status == 0, err
     assert (f"fold 0: resume (--c) (checkpoint_final.pth cannot be loaded (ValueError: the file is empty))  $ "
@@ -133,13 +133,13 @@ def test_damaged_files_are_planned_by_what_loads_and_unloadable_folds_are_refuse
 
     for checkpoint in (model / "fold_0").glob("checkpoint_*.pth"):  # final, latest and best
         checkpoint.write_bytes(b"PK")
-    error = _cv_error(capsys, monkeypatch, env, "-tr", CV_TRAINERS[0], "--folds", "0", "--dry-run")
+    error = _cv_error(capsys, monkeypatch, env, "-tr", CV_TRAINERS[0], "-f", "0", "--dry-run")
     assert "No checkpoint of these folds can be loaded" in error and str(model / "fold_0") in error
     assert "checkpoint_latest.pth cannot be loaded" in error and "Move the damaged files out" in error
 
 
 def test_dry_run_prints_the_plan_and_runs_nothing(cv_trained, capsys, monkeypatch):
-    status, out, _ = _cv_in_process(capsys, monkeypatch, cv_trained.env, "-tr", CV_TRAINERS[0], "--folds", "0", "2",
+    status, out, _ = _cv_in_process(capsys, monkeypatch, cv_trained.env, "-tr", CV_TRAINERS[0], "-f", "0", "2",
                                     "-device", "cpu", "--dry-run")
     assert status == 0 and f"[1/2] {CV_TRAINERS[0]} 3d_fullres fold 0: skip (finished)" in out
     assert (f"[2/2] {CV_TRAINERS[0]} 3d_fullres fold 2: train  $ nnUNetv2_train {CV_DATASET_ID} 3d_fullres 2 "
@@ -150,7 +150,7 @@ def test_dry_run_prints_the_plan_and_runs_nothing(cv_trained, capsys, monkeypatc
 
 def test_emit_slurm_writes_a_requeueing_array_of_unfinished_folds(cv_trained, tmp_path, capsys, monkeypatch):
     script = tmp_path / "cv.sbatch"
-    status, out, _ = _cv_in_process(capsys, monkeypatch, cv_trained.env, "-tr", *CV_TRAINERS, "--folds", "0", "2",
+    status, out, _ = _cv_in_process(capsys, monkeypatch, cv_trained.env, "-tr", *CV_TRAINERS, "-f", "0", "2",
                                     "3", "--emit-slurm", str(script), "--slurm-time", "02:00:00")
     assert status == 0 and "a SLURM array of 4 task(s)" in out
     text = script.read_text()
@@ -161,10 +161,10 @@ def test_emit_slurm_writes_a_requeueing_array_of_unfinished_folds(cv_trained, tm
     tasks = text.split("TASKS=(")[1].split(")")[0].split()
     assert " ".join(tasks) == (f"'3d_fullres {CV_TRAINERS[0]} 2' '3d_fullres {CV_TRAINERS[0]} 3' "
                                f"'3d_fullres {CV_TRAINERS[1]} 2' '3d_fullres {CV_TRAINERS[1]} 3'")  # fold 0 is done
-    assert '-tr "$TRAINER" --folds "$FOLD" -p nnUNetPlans -device cuda &' in text
+    assert '-tr "$TRAINER" -f "$FOLD" -p nnUNetPlans -device cuda &' in text
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
 
-    arguments = ["-tr", CV_TRAINERS[0], "--folds", "2", "--emit-slurm", str(script)]
+    arguments = ["-tr", CV_TRAINERS[0], "-f", "2", "--emit-slurm", str(script)]
     error = _cv_error(capsys, monkeypatch, cv_trained.env, *arguments)
     assert f"--emit-slurm {script} exists already. Pass --overwrite" in error and script.read_text() == text
     error = _cv_error(capsys, monkeypatch, cv_trained.env, "-tr", CV_TRAINERS[0], "--emit-slurm", str(tmp_path))
@@ -192,9 +192,9 @@ def test_gpus_naming_a_missing_device_is_refused(cv_trained, capsys, monkeypatch
 def test_unknown_trainer_and_fold_are_refused_before_training(cv_trained, capsys, monkeypatch):
     error = _cv_error(capsys, monkeypatch, cv_trained.env, "-tr", "nnUNetTrainerNoSuchNet")
     assert "Unknown trainer 'nnUNetTrainerNoSuchNet'" in error and "nnUNetTrainerSegFormer3DVariant" in error
-    error = _cv_error(capsys, monkeypatch, cv_trained.env, "-tr", CV_TRAINERS[0], "--folds", "first")
+    error = _cv_error(capsys, monkeypatch, cv_trained.env, "-tr", CV_TRAINERS[0], "-f", "first")
     assert "Invalid fold 'first'" in error
-    error = _cv_error(capsys, monkeypatch, cv_trained.env, "-tr", CV_TRAINERS[0], "--folds", "0", "5")
+    error = _cv_error(capsys, monkeypatch, cv_trained.env, "-tr", CV_TRAINERS[0], "-f", "0", "5")
     assert "Invalid fold(s) 5: the dataset has 5 folds" in error and "0..4" in error
     assert not _fold(cv_trained, "nnUNetTrainerNoSuchNet", "0").exists()
 
@@ -202,7 +202,7 @@ def test_unknown_trainer_and_fold_are_refused_before_training(cv_trained, capsys
 def test_benchmark_keeps_an_earlier_report_and_names_a_damaged_json_file(cv_trained, tmp_path, capsys, monkeypatch):
     for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(variable, cv_trained.env[variable])
-    benchmark = ["benchmark", "-d", str(CV_DATASET_ID), "-c", "3d_fullres", "-tr", CV_TRAINERS[0], "--folds", "0"]
+    benchmark = ["benchmark", "-d", str(CV_DATASET_ID), "-c", "3d_fullres", "-tr", CV_TRAINERS[0], "-f", "0"]
     output = tmp_path / "report"
     output.mkdir()
     (output / "benchmark.md").write_text("an earlier benchmark")

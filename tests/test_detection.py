@@ -155,7 +155,7 @@ def test_picture_shows_the_largest_tumour_slice_in_radiological_view(tmp_path, s
 DATASET_ID = 970
 TRAINER = "nnUNetTrainer_Smoke"
 SHAPE = (16, 32, 32)
-DETECT = ["-d", str(DATASET_ID), "-c", "3d_fullres", "-tr", TRAINER, "--device", "cpu", "--disable-tta"]
+DETECT = ["-d", str(DATASET_ID), "-c", "3d_fullres", "-tr", TRAINER, "-device", "cpu", "--disable_tta"]
 LOOSE = ["--kidney-min-ml", "0", "--tumor-min-ml", "0"]  # a 2-iteration model: let every component count
 
 
@@ -285,8 +285,8 @@ def test_two_stage_kidney_model_then_tumour_model_on_a_crop(trained_model, detec
     env, dataset = trained_model
     model = Path(env["nnUNet_results"]) / dataset.name / f"{TRAINER}__nnUNetPlans__3d_fullres"
     code, error = _detect(["-i", str(dataset / "imagesTs" / "case_002_0000.nii.gz"), "-o", str(tmp_path / "out"),
-                           "-m", str(model), "--kidney-model", str(model), "--crop-margin-mm", "2", "--device", "cpu",
-                           "--disable-tta", *LOOSE], env, monkeypatch, capsys)
+                           "-m", str(model), "--kidney-model", str(model), "--crop-margin-mm", "2", "-device", "cpu",
+                           "--disable_tta", *LOOSE], env, monkeypatch, capsys)
     assert code == 0, error
     report = json.loads((tmp_path / "out" / "case_002" / "report.json").read_text())
     assert report["kidney_model"]["folder"] == str(model) and report["prediction"]["crop_margin_mm"] == 2

@@ -44,7 +44,7 @@ def user_env(cv_trained, tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def cv_output(cv_trained, user_env) -> str:
     return run_command(["nnunet-ext", "cv", "-d", str(cv_trained.dataset_id), "-c", "3d_fullres", "-tr",
-                        USER_TRAINER, OURS, "--folds", *cv_trained.folds, "-device", "cpu"], user_env).stdout
+                        USER_TRAINER, OURS, "-f", *cv_trained.folds, "-device", "cpu"], user_env).stdout
 
 
 def test_cv_trains_the_users_trainer_with_the_stock_command(cv_trained, cv_output):
@@ -59,7 +59,7 @@ def test_cv_trains_the_users_trainer_with_the_stock_command(cv_trained, cv_outpu
 
 def test_benchmark_compares_it_with_ours(cv_trained, user_env, cv_output, tmp_path):
     run_command(["nnunet-ext", "benchmark", "-d", str(cv_trained.dataset_id), "-c", "3d_fullres", "-tr",
-                 USER_TRAINER, OURS, "--reference", USER_TRAINER, "--folds", *cv_trained.folds, "-o", str(tmp_path)],
+                 USER_TRAINER, OURS, "--reference", USER_TRAINER, "-f", *cv_trained.folds, "-o", str(tmp_path)],
                 user_env)
     with open(tmp_path / "benchmark.csv") as handle:
         trainers = {row["trainer"] for row in csv.DictReader(handle)}
@@ -71,6 +71,11 @@ def test_check_accepts_it(cv_trained, user_env):
     out = run_command(["nnunet-ext", "check", "-d", str(cv_trained.dataset_id), "-c", "3d_fullres", "-tr",
                        USER_TRAINER], user_env).stdout
     assert f"ok  {USER_TRAINER} can train and predict configuration '3d_fullres'" in out
+    report = json.loads(run_command(["nnunet-ext", "check", "-d", str(cv_trained.dataset_id), "-c", "3d_fullres",
+                                     "-tr", USER_TRAINER, "--json"], user_env).stdout)
+    checks = {check["check"]: check for check in report["checks"]}
+    assert report["ok"] and checks["configuration"]["trainer"] == USER_TRAINER
+    assert checks["memory"]["status"] == "unchecked"  # a plain nnUNetTrainer subclass has no memory model
 
 
 def test_list_shows_it_with_its_folder(user_env):
@@ -82,7 +87,7 @@ def test_list_shows_it_with_its_folder(user_env):
 
 def test_a_name_nobody_provides_names_the_folders_searched(cv_trained, user_env):
     result = run_command(["nnunet-ext", "cv", "-d", str(cv_trained.dataset_id), "-c", "3d_fullres", "-tr",
-                          "nnUNetTrainerNobodyHasIt", "--folds", "0", "--dry-run"], user_env, expect_success=False)
+                          "nnUNetTrainerNobodyHasIt", "-f", "0", "--dry-run"], user_env, expect_success=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "Unknown trainer 'nnUNetTrainerNobodyHasIt'" in result.stderr
     assert user_env["nnUNet_extTrainer"] in result.stderr and USER_TRAINER in result.stderr
