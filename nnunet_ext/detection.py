@@ -313,7 +313,7 @@ def _check_case(case: DetectionCase, num_channels: int, file_ending: str) -> Non
                              f"series with nnunet-ext dicom2nifti and give all channels as {case.name}_0000"
                              f"{file_ending}, {case.name}_0001{file_ending}, ...")
         found = dicom.inspect_series(case.sources[0], case.series_uid, case.skip_unreadable, log=lambda m: None)
-        if len(found.files) < 2:
+        if found.num_slices < 2:  # an Enhanced CT holds all its slices in one file
             raise ValueError(f"Case {case.name}: series {found.series.uid or '(no Series Instance UID)'} has a "
                              "single slice (a 2D image); detection needs a 3D volume, i.e. the whole series.")
         return

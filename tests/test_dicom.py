@@ -15,6 +15,7 @@ import SimpleITK as sitk
 from conftest import run_command, scrubbed_environment
 from dicom_series import INTERCEPT, SLOPE, hu_phantom, stored_pixels, write_series
 
+from nnunet_ext.detection import collect_cases, load_case
 from nnunet_ext.dicom import (DicomError, OutputFolderError, _quiet_itk, dicom_to_nifti, find_dicom_cases,
                               read_dicom_series)
 
@@ -342,6 +343,17 @@ def test_enhanced_ct_in_one_file_reads_as_a_volume_in_position_order(tmp_path, r
     _assert_same_geometry(volume.image, phantom)
     assert np.array_equal(sitk.GetArrayFromImage(volume.image), sitk.GetArrayFromImage(phantom))
     assert volume.num_files == 1 and volume.warnings == []
+
+
+def test_detect_takes_an_enhanced_ct_file_as_a_3d_case(tmp_path):
+    phantom = hu_phantom(SIZE, SPACING)
+    _enhanced_ct(phantom, tmp_path / "enhanced" / "CT.dcm", reverse_frames=False)
+
+    [case] = collect_cases(tmp_path / "enhanced", num_channels=1, file_ending=".nii.gz")
+    [image], info = load_case(case, log=_quiet)
+
+    _assert_same_geometry(image, phantom)
+    assert info["kind"] == "dicom" and info["files"] == 1
 
 
 def test_a_multi_frame_file_whose_frames_have_no_positions_is_refused_with_what_to_do(tmp_path):
