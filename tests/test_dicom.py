@@ -258,8 +258,8 @@ def _ball_on_tilted_slices(direction: tuple[float, ...], shift_mm: float,
     axes = np.array(direction).reshape(3, 3)
     centre = np.array(origin) + axes @ [12.0, 14.0, 15.0]  # inside every slice's field of view
     k, j, i = np.meshgrid(*(np.arange(n) for n in size[::-1]), indexing="ij")
-    points = (np.array(origin)[:, None] + axes @ np.stack([i.ravel() * spacing[0], j.ravel() * spacing[1],
-                                                           k.ravel() * spacing[2]]) + axes[:, 1:2] * shift_mm * k.ravel())
+    stacked = np.stack([i.ravel() * spacing[0], j.ravel() * spacing[1], k.ravel() * spacing[2]])
+    points = np.array(origin)[:, None] + axes @ stacked + axes[:, 1:2] * shift_mm * k.ravel()
     inside = (np.linalg.norm(points - centre[:, None], axis=0) <= radius).reshape(k.shape)
     image = sitk.GetImageFromArray(np.where(inside, 1000, -1000).astype(np.int16))
     image.SetSpacing(spacing)
@@ -328,7 +328,8 @@ def _enhanced_ct(phantom: sitk.Image, file: Path, reverse_frames: bool) -> None:
         locale.setlocale(locale.LC_ALL, saved_locale)
     if reverse_frames:
         dataset = pydicom.dcmread(file)
-        dataset.PerFrameFunctionalGroupsSequence = pydicom.Sequence(list(dataset.PerFrameFunctionalGroupsSequence)[::-1])
+        frames = list(dataset.PerFrameFunctionalGroupsSequence)
+        dataset.PerFrameFunctionalGroupsSequence = pydicom.Sequence(frames[::-1])
         dataset.PixelData = np.ascontiguousarray(dataset.pixel_array[::-1]).tobytes()
         dataset.save_as(file)
 
