@@ -45,9 +45,12 @@ from nnunet_ext.trainers.lr_schedules import WarmupPolyLRScheduler
 PLANS_KEY = "nnunet_ext"
 
 
-def planned_activation_checkpointing(configuration_manager: ConfigurationManager) -> bool:
+def planned_activation_checkpointing(configuration_manager: ConfigurationManager | None) -> bool:
     """Whether ``nnunet-ext plan`` planned this configuration with activation checkpointing: the trainers' builders
-    pass it to the network, so training and prediction build the network that was planned."""
+    pass it to the network, so training and prediction build the network that was planned. No configuration
+    (a network built for a listing): off."""
+    if configuration_manager is None:
+        return False
     return bool(configuration_manager.configuration.get(PLANS_KEY, {}).get("activation_checkpointing", False))
 
 
@@ -409,14 +412,19 @@ class PreemptionSafeMixin:
 
 
 class nnUNetTrainerExt(PreemptionSafeMixin, nnUNetTrainer):
-    """Base trainer of nnunet-ext. Subclasses set the class constants and override ``build_network_architecture``.
+    """Base trainer of nnunet-ext. Subclasses set the class constants and override the hook that differs:
+    ``network_kwargs`` (what the network needs from the plan or the class), ``build_optimizer``,
+    ``build_lr_scheduler``, ``adjust_patch_size``, ``deep_supervision_weights``.
 
-    Class constants (the static builder and the dimension check read them, so they are never instance state):
-        network_class: the architecture class, for ``nnunet-ext list`` and the deep-supervision scales.
+    Class constants (the builder and the dimension check read them, so they are never instance state):
+        network_class: the architecture class, built by ``build_network_architecture``, listed by
+            ``nnunet-ext list``, and asked for the deep-supervision scales.
         supported_dims: spatial dimensionalities the network handles, (2,), (3,) or (2, 3).
         grad_clip_norm: gradient-norm clipping in ``train_step`` (nnU-Net uses 12).
         deep_supervision: whether the network trains with its deep-supervision outputs (``nnunet-ext plan`` reads
             it too, so the planned memory is that of the training step).
+        initial_lr_override, weight_decay_override: the original recipe's learning rate and weight decay; None
+            keeps nnU-Net's.
 
     ``build_optimizer`` and ``training_memory`` are classmethods so that ``nnunet-ext plan`` sizes the patch with the
     optimizer and loss the trainer really uses, without creating a trainer (and its output folder).
@@ -426,6 +434,8 @@ class nnUNetTrainerExt(PreemptionSafeMixin, nnUNetTrainer):
     supported_dims: tuple[int, ...] = (2, 3)
     grad_clip_norm: float = 12.0
     deep_supervision: bool = True
+    initial_lr_override: float | None = None
+    weight_decay_override: float | None = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -436,6 +446,10 @@ class nnUNetTrainerExt(PreemptionSafeMixin, nnUNetTrainer):
             plans["configurations"][configuration]["patch_size"] = adjusted_patch
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.enable_deep_supervision = self.deep_supervision
+        if self.initial_lr_override is not None:
+            self.initial_lr = self.initial_lr_override
+        if self.weight_decay_override is not None:
+            self.weight_decay = self.weight_decay_override
         if adjusted_patch != original_patch:
             self.print_to_log_file(f"{type(self).__name__}: patch size {original_patch} -> {adjusted_patch} "
                                    f"(what {self._network_name()} needs; plans.json records the new patch)")
@@ -474,8 +488,25 @@ class nnUNetTrainerExt(PreemptionSafeMixin, nnUNetTrainer):
 
     @classmethod
     def adjust_patch_size(cls, patch_size: list[int]) -> list[int]:
-        """Return the patch size to train and predict with, given the planned one. Default: unchanged."""
-        return patch_size
+        """Return the patch size to train and predict with, given the planned one. Default: the size the network
+        pads it to (its ``padded_input_size``, where it has one), so that no step trains on zero padding; else
+        unchanged."""
+        padded_input_size = getattr(cls.network_class, "padded_input_size", None)
+        return padded_input_size(patch_size) if padded_input_size is not None else patch_size
+
+    @classmethod
+    def network_kwargs(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager) -> dict:
+        """Keywords of ``network_class`` beyond (input_channels, num_classes, deep_supervision). Default: the
+        activation checkpointing ``nnunet-ext plan`` planned; override to add what the plan or the class sets."""
+        return {"activation_checkpointing": planned_activation_checkpointing(configuration_manager)}
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        # a classmethod: nnU-Net calls it on the class at prediction time too, with each subclass's network_kwargs
+        return cls.network_class(num_input_channels, num_output_channels, deep_supervision=enable_deep_supervision,
+                                 **cls.network_kwargs(plans_manager, configuration_manager))
 
     @classmethod
     def build_optimizer(cls, parameters: Iterable[nn.Parameter], initial_lr: float,
@@ -485,7 +516,11 @@ class nnUNetTrainerExt(PreemptionSafeMixin, nnUNetTrainer):
 
     def configure_optimizers(self):
         optimizer = self.build_optimizer(self.network.parameters(), self.initial_lr, self.weight_decay)
-        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+        return optimizer, self.build_lr_scheduler(optimizer)
+
+    def build_lr_scheduler(self, optimizer: torch.optim.Optimizer):
+        """The learning-rate schedule of ``configure_optimizers``. Default: nnU-Net's poly decay."""
+        return PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
     @classmethod
     def training_memory(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,

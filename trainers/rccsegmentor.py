@@ -22,12 +22,7 @@ from torch import nn
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_ext.architectures import RccSegmentor, RccSegmentorLight
-from nnunet_ext.trainers.base import (
-    DemoRunMixin,
-    ShortRunMixin,
-    nnUNetTrainerExt,
-    planned_activation_checkpointing,
-)
+from nnunet_ext.trainers.base import DemoRunMixin, ShortRunMixin, nnUNetTrainerExt
 
 PRETRAINED_WEIGHTS_VARIABLE = "NNUNET_EXT_PVT_V2_WEIGHTS"
 
@@ -48,22 +43,13 @@ class nnUNetTrainerRccSegmentor(nnUNetTrainerExt):
     _restoring_checkpoint = False
 
     @classmethod
-    def adjust_patch_size(cls, patch_size: list[int]) -> list[int]:
-        # a patch the network would zero-pad in every step: train on real context of that size instead
-        return cls.network_class.padded_input_size(patch_size)
-
-    @classmethod
     def reference_network(cls) -> nn.Module:
         return cls.network_class(1, 3, deep_supervision=True, backbone=cls.backbone)
 
     @classmethod
-    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
-        # a classmethod (nnU-Net calls it on the class at prediction time) so that variants can change the backbone
-        return cls.network_class(num_input_channels, num_output_channels, deep_supervision=enable_deep_supervision,
-                                 backbone=cls.backbone,
-                                 activation_checkpointing=planned_activation_checkpointing(configuration_manager))
+    def network_kwargs(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager) -> dict:
+        # from the class, so that variants change the backbone
+        return {**super().network_kwargs(plans_manager, configuration_manager), "backbone": cls.backbone}
 
     def deep_supervision_weights(self, num_outputs: int) -> list[float]:
         weights = [0.5 ** i for i in range(num_outputs)]

@@ -21,18 +21,12 @@ form has 104 M parameters.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_ext.architectures import RECUNet
 from nnunet_ext.architectures.recunet import ORIGINAL_FEATURES
-from nnunet_ext.trainers.base import (
-    DemoRunMixin,
-    ShortRunMixin,
-    nnUNetTrainerExt,
-    planned_activation_checkpointing,
-)
+from nnunet_ext.trainers.base import DemoRunMixin, ShortRunMixin, nnUNetTrainerExt
 from nnunet_ext.trainers.lr_schedules import TwoPhaseLRScheduler
 
 
@@ -45,33 +39,16 @@ class nnUNetTrainerRECUNet(nnUNetTrainerExt):
     final_lr = 1e-4
     # README: 100 epochs at 3e-4, then 20 at 1e-4
     final_phase_fraction = 20 / 120
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.initial_lr = 3e-4
-        self.weight_decay = 0.0
-
-    @classmethod
-    def adjust_patch_size(cls, patch_size: list[int]) -> list[int]:
-        # a patch the network would zero-pad in every step: train on real context of that size instead
-        return RECUNet.padded_input_size(patch_size)
-
-    @staticmethod
-    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
-        return RECUNet(num_input_channels, num_output_channels, deep_supervision=enable_deep_supervision,
-                       activation_checkpointing=planned_activation_checkpointing(configuration_manager))
+    initial_lr_override = 3e-4
+    weight_decay_override = 0.0
 
     @classmethod
     def build_optimizer(cls, parameters, initial_lr: float, weight_decay: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(parameters, initial_lr, weight_decay=weight_decay)
 
-    def configure_optimizers(self):
-        optimizer = self.build_optimizer(self.network.parameters(), self.initial_lr, self.weight_decay)
+    def build_lr_scheduler(self, optimizer: torch.optim.Optimizer) -> TwoPhaseLRScheduler:
         switch_epoch = round(self.num_epochs * (1 - self.final_phase_fraction))
-        return optimizer, TwoPhaseLRScheduler(optimizer, self.initial_lr, self.final_lr, switch_epoch)
+        return TwoPhaseLRScheduler(optimizer, self.initial_lr, self.final_lr, switch_epoch)
 
     def on_train_start(self) -> None:
         super().on_train_start()
@@ -89,13 +66,10 @@ class nnUNetTrainerRECUNet_Smoke(ShortRunMixin, nnUNetTrainerRECUNet):
 
     features_per_stage = tuple(f // 4 for f in ORIGINAL_FEATURES)
 
-    @staticmethod
-    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
-        return RECUNet(num_input_channels, num_output_channels, deep_supervision=enable_deep_supervision,
-                       features_per_stage=nnUNetTrainerRECUNet_Smoke.features_per_stage,
-                       activation_checkpointing=planned_activation_checkpointing(configuration_manager))
+    @classmethod
+    def network_kwargs(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager) -> dict:
+        return {**super().network_kwargs(plans_manager, configuration_manager),
+                "features_per_stage": cls.features_per_stage}
 
 
 class nnUNetTrainerRECUNet_Demo(DemoRunMixin, nnUNetTrainerRECUNet):

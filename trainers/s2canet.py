@@ -23,12 +23,7 @@ from torch import nn
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_ext.architectures import S2CANet
-from nnunet_ext.trainers.base import (
-    DemoRunMixin,
-    ShortRunMixin,
-    nnUNetTrainerExt,
-    planned_activation_checkpointing,
-)
+from nnunet_ext.trainers.base import DemoRunMixin, ShortRunMixin, nnUNetTrainerExt
 from nnunet_ext.trainers.lr_schedules import WarmupConstantCosineLRScheduler
 
 
@@ -46,12 +41,8 @@ class nnUNetTrainerS2CANet(nnUNetTrainerExt):
     warmup_fraction = 5 / 400
     constant_fraction = 50 / 400
     deep_supervision_loss_weights = (0.8, 0.6, 0.3, 0.2)
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.initial_lr = 1e-3
-        self.weight_decay = 1e-5
+    initial_lr_override = 1e-3
+    weight_decay_override = 1e-5
 
     @classmethod
     def adjust_patch_size(cls, patch_size: list[int]) -> list[int]:
@@ -61,24 +52,20 @@ class nnUNetTrainerS2CANet(nnUNetTrainerExt):
     def reference_network(cls) -> nn.Module:
         return S2CANet(1, 3, deep_supervision=True)
 
-    @staticmethod
-    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
-        return S2CANet(num_input_channels, num_output_channels, deep_supervision=enable_deep_supervision,
-                       patch_size=configuration_manager.patch_size,
-                       activation_checkpointing=planned_activation_checkpointing(configuration_manager))
+    @classmethod
+    def network_kwargs(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager) -> dict:
+        # the tri-planar layers are built for the plan's patch, which is also the sliding-window tile
+        return {**super().network_kwargs(plans_manager, configuration_manager),
+                "patch_size": configuration_manager.patch_size}
 
     @classmethod
     def build_optimizer(cls, parameters, initial_lr: float, weight_decay: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(parameters, initial_lr, weight_decay=weight_decay)
 
-    def configure_optimizers(self):
-        optimizer = self.build_optimizer(self.network.parameters(), self.initial_lr, self.weight_decay)
+    def build_lr_scheduler(self, optimizer: torch.optim.Optimizer) -> WarmupConstantCosineLRScheduler:
         warmup = round(self.num_epochs * self.warmup_fraction)
         constant = round(self.num_epochs * self.constant_fraction)
-        return optimizer, WarmupConstantCosineLRScheduler(optimizer, self.initial_lr, warmup, constant,
-                                                          self.num_epochs)
+        return WarmupConstantCosineLRScheduler(optimizer, self.initial_lr, warmup, constant, self.num_epochs)
 
     def deep_supervision_weights(self, num_outputs: int) -> list[float]:
         return list(self.deep_supervision_loss_weights[:num_outputs])

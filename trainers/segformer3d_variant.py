@@ -11,17 +11,9 @@ decay reaches zero at the last epoch, nnU-Net's convention.
 from __future__ import annotations
 
 import torch
-from torch import nn
-
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_ext.architectures import SegFormer3DVariant
-from nnunet_ext.trainers.base import (
-    DemoRunMixin,
-    ShortRunMixin,
-    nnUNetTrainerExt,
-    planned_activation_checkpointing,
-)
+from nnunet_ext.trainers.base import DemoRunMixin, ShortRunMixin, nnUNetTrainerExt
 
 
 class nnUNetTrainerSegFormer3DVariant(nnUNetTrainerExt):
@@ -32,32 +24,15 @@ class nnUNetTrainerSegFormer3DVariant(nnUNetTrainerExt):
     grad_clip_norm = 1.0
     warmup_fraction = 9_000 / 250_000
     aux_loss_weight = 0.3
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.initial_lr = 3e-4
-        self.weight_decay = 5e-5
-
-    @classmethod
-    def adjust_patch_size(cls, patch_size: list[int]) -> list[int]:
-        # a patch the network would zero-pad in every step: train on real context of that size instead
-        return SegFormer3DVariant.padded_input_size(patch_size)
-
-    @staticmethod
-    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
-        return SegFormer3DVariant(num_input_channels, num_output_channels, deep_supervision=enable_deep_supervision,
-                                  activation_checkpointing=planned_activation_checkpointing(configuration_manager))
+    initial_lr_override = 3e-4
+    weight_decay_override = 5e-5
 
     @classmethod
     def build_optimizer(cls, parameters, initial_lr: float, weight_decay: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(parameters, initial_lr, weight_decay=weight_decay)
 
-    def configure_optimizers(self):
-        optimizer = self.build_optimizer(self.network.parameters(), self.initial_lr, self.weight_decay)
-        return optimizer, self.warmup_poly_lr_scheduler(optimizer, self.warmup_fraction)
+    def build_lr_scheduler(self, optimizer: torch.optim.Optimizer):
+        return self.warmup_poly_lr_scheduler(optimizer, self.warmup_fraction)
 
     def deep_supervision_weights(self, num_outputs: int) -> list[float]:
         return [1.0, self.aux_loss_weight]
