@@ -5,13 +5,11 @@ Also how the suite is split over pytest-xdist workers (``-n`` in pyproject.toml)
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-BIN_DIR = str(Path(sys.executable).parent)
+from helpers import run_command, scrubbed_environment
 PIPELINE_DATASET_ID = 991
 PIPELINE_SHAPE = (24, 48, 48)
 # Test modules that share a session fixture: one worker runs them all, so that it is built once.
@@ -43,26 +41,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
             return _group(nodeid)
 
     return ModuleScheduling(config, log)
-
-
-def scrubbed_environment(**extra: str) -> dict[str, str]:
-    """What a new shell of the user has: no PYTHONPATH, no nnUNet_* variables, this venv's commands first."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("nnUNet") and k not in ("PYTHONPATH", "PYTHONHOME")}
-    env["PATH"] = BIN_DIR + os.pathsep + env.get("PATH", "")
-    env["nnUNet_compile"] = "f"
-    env.update(extra)
-    return env
-
-
-def run_command(command: list[str], env: dict[str, str], timeout: int = 600,
-                expect_success: bool = True) -> subprocess.CompletedProcess:
-    """Run a console script; on an unexpected exit code fail with the tail of its output."""
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-    if expect_success != (result.returncode == 0):
-        pytest.fail(f"{' '.join(command)} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}\n"
-                    f"--- stderr\n{result.stderr[-4000:]}")
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_command
+from helpers import run_command
 
 CV_DATASET_ID = 980
 CV_SHAPE = (16, 32, 32)

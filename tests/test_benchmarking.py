@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from scipy.stats import wilcoxon
 
-from conftest import run_command
+from helpers import run_command
 from surface_reference import monai_hd95_nsd
 
 from nnunet_ext import benchmarking, cli

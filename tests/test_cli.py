@@ -2,7 +2,7 @@
 import json
 import shutil
 
-from conftest import run_command, scrubbed_environment
+from helpers import run_command, scrubbed_environment
 
 from nnunet_ext import cli
 

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import run_command
+from helpers import run_command
 
 from nnunet_ext import cli, crossval
 

@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from conftest import run_command
+from helpers import run_command
 from dicom_series import write_series
 
 from nnunet_ext import cli

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from conftest import run_command, scrubbed_environment
+from helpers import run_command, scrubbed_environment
 from dicom_series import INTERCEPT, SLOPE, hu_phantom, stored_pixels, write_series
 
 from nnunet_ext.detection import collect_cases, load_case

@@ -7,7 +7,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from conftest import scrubbed_environment
+from helpers import scrubbed_environment
 
 from nnunet_ext import discovery
 

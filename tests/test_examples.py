@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_command, scrubbed_environment
+from helpers import run_command, scrubbed_environment
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 OUR_SMOKE_TRAINERS = {

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from conftest import run_command
+from helpers import run_command
 
 pytest_plugins = ("cv_training",)
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import nnunet_ext
-from conftest import run_command, scrubbed_environment
+from helpers import run_command, scrubbed_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 METADATA = importlib.metadata.metadata("nnunet-ext")

@@ -10,7 +10,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import PIPELINE_DATASET_ID, run_command
+from conftest import PIPELINE_DATASET_ID
+from helpers import results_folder, run_command
 
 from nnunet_ext.trainers.rccsegmentor import PRETRAINED_WEIGHTS_VARIABLE
 
@@ -40,10 +41,6 @@ def imagenet_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def _results_folder(env, dataset_folder: Path, trainer: str = TRAINER) -> Path:
-    return Path(env["nnUNet_results"]) / dataset_folder.name / f"{trainer}__nnUNetPlans__2d"
-
-
 def test_3d_configuration_is_refused_naming_2d(nnunet_env, planned_dataset):
     """The session's 3D dataset, planned for 2d and 3d_fullres: the 3D configuration fails before anything is
     written, naming the 2D one."""
@@ -57,7 +54,7 @@ def test_3d_configuration_is_refused_naming_2d(nnunet_env, planned_dataset):
 def test_train_starts_from_local_imagenet_weights(nnunet_env, dataset_2d, imagenet_checkpoint):
     run_command(["nnUNetv2_train", str(DATASET_ID), "2d", "all", "-tr", TRAINER, "-device", "cpu"],
                 {**nnunet_env, "nnUNet_n_proc_DA": "0", PRETRAINED_WEIGHTS_VARIABLE: str(imagenet_checkpoint)})
-    results = _results_folder(nnunet_env, dataset_2d)
+    results = results_folder(nnunet_env, dataset_2d, TRAINER, "2d")
     assert (results / "fold_all" / "checkpoint_final.pth").is_file()
     log = "".join(p.read_text() for p in (results / "fold_all").glob("training_log_*.txt"))
     assert f"tensors of ImageNet weights from {imagenet_checkpoint}" in log
@@ -82,7 +79,7 @@ def test_predict_writes_label_maps_of_input_geometry(nnunet_env, dataset_2d, tmp
 
 
 def test_resume_keeps_the_trained_weights(nnunet_env, dataset_2d):
-    fold = _results_folder(nnunet_env, dataset_2d) / "fold_all"
+    fold = results_folder(nnunet_env, dataset_2d, TRAINER, "2d") / "fold_all"
     trained = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
     # resuming restores the checkpoint and neither reads nor needs the ImageNet file
     run_command(["nnUNetv2_train", str(DATASET_ID), "2d", "all", "-tr", TRAINER, "-device", "cpu", "--c"],

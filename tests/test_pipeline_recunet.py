@@ -9,7 +9,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import PIPELINE_DATASET_ID, run_command
+from conftest import PIPELINE_DATASET_ID
+from helpers import results_folder, run_command
 
 from nnunet_ext.architectures import RECUNet
 from nnunet_ext.architectures.profiling import count_parameters
@@ -34,10 +35,6 @@ def liver_dataset(nnunet_env) -> Path:
     return folder
 
 
-def _results_folder(env, dataset_folder: Path) -> Path:
-    return Path(env["nnUNet_results"]) / dataset_folder.name / f"{TRAINER}__nnUNetPlans__2d"
-
-
 def test_the_dataset_declares_liver_as_a_region_containing_the_tumour(liver_dataset):
     dataset_json = json.loads((liver_dataset / "dataset.json").read_text())
     assert dataset_json["labels"]["organ"] == [1, 2] and dataset_json["labels"]["tumour"] in (2, [2])
@@ -47,7 +44,7 @@ def test_the_dataset_declares_liver_as_a_region_containing_the_tumour(liver_data
 def test_train_fold_all_with_regions(nnunet_env, liver_dataset):
     run_command(["nnUNetv2_train", str(DATASET_ID), "2d", "all", "-tr", TRAINER, "-device", "cpu"],
                 {**nnunet_env, "nnUNet_n_proc_DA": "0"})
-    fold = _results_folder(nnunet_env, liver_dataset) / "fold_all"
+    fold = results_folder(nnunet_env, liver_dataset, TRAINER, "2d") / "fold_all"
     assert (fold / "checkpoint_final.pth").is_file()
     log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert "Network RECUNet:" in log and "Current learning rate: 0.0003" in log
@@ -99,7 +96,7 @@ def test_predict_region_outputs_as_labels_of_input_geometry(nnunet_env, liver_da
 
 
 def test_resume_with_c_continues_from_the_final_checkpoint(nnunet_env, liver_dataset):
-    fold = _results_folder(nnunet_env, liver_dataset) / "fold_all"
+    fold = results_folder(nnunet_env, liver_dataset, TRAINER, "2d") / "fold_all"
     (fold / "validation" / "summary.json").unlink()
     logs_before = set(fold.glob("training_log_*.txt"))
     run_command(["nnUNetv2_train", str(DATASET_ID), "2d", "all", "-tr", TRAINER, "-device", "cpu", "--c"],

@@ -12,11 +12,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import run_command
+from helpers import results_folder, run_command
 
 from nnunet_ext.architectures import S2CANet
 from nnunet_ext.trainers.lr_schedules import WarmupConstantCosineLRScheduler
-from nnunet_ext.trainers.s2canet import nnUNetTrainerS2CANet
 
 TRAINER = "nnUNetTrainerS2CANet_Smoke"
 DATASET_ID = 940
@@ -34,10 +33,6 @@ def brats_like_dataset(nnunet_env) -> Path:
     run_command(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "1", "-npfp",
                  "1"], nnunet_env)
     return folder
-
-
-def _results_folder(env, dataset_folder: Path, configuration: str = "3d_fullres", plans: str = "nnUNetPlans") -> Path:
-    return Path(env["nnUNet_results"]) / dataset_folder.name / f"{TRAINER}__{plans}__{configuration}"
 
 
 def _write_plans_variant(env, dataset_folder: Path, name: str, patch: list[int]) -> None:
@@ -62,19 +57,19 @@ def test_2d_configuration_and_too_small_patch_are_refused_before_anything_is_wri
 
     with pytest.raises(ValueError, match="3D-only network.*Use one of these configurations instead: 3d_fullres"):
         get_trainer_from_args(str(DATASET_ID), "2d", "all", TRAINER, device=torch.device("cpu"))
-    assert not _results_folder(nnunet_env, brats_like_dataset, "2d").exists()
+    assert not results_folder(nnunet_env, brats_like_dataset, TRAINER, "2d").exists()
 
     _write_plans_variant(nnunet_env, brats_like_dataset, "nnUNetPlansTiny", [8, 32, 32])
     with pytest.raises(ValueError, match=r"below S2CANet's minimum of 16 per axis \(minimum patch \[16, 16, 16\]\)"):
         get_trainer_from_args(str(DATASET_ID), "3d_fullres", "all", TRAINER, "nnUNetPlansTiny",
                               device=torch.device("cpu"))
-    assert not _results_folder(nnunet_env, brats_like_dataset, plans="nnUNetPlansTiny").exists()
+    assert not results_folder(nnunet_env, brats_like_dataset, TRAINER, "3d_fullres", "nnUNetPlansTiny").exists()
 
 
 def test_train_fold_all_with_regions(nnunet_env, brats_like_dataset):
     run_command(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "all", "-tr", TRAINER, "-device", "cpu"],
                 {**nnunet_env, "nnUNet_n_proc_DA": "0"})
-    results = _results_folder(nnunet_env, brats_like_dataset)
+    results = results_folder(nnunet_env, brats_like_dataset, TRAINER, "3d_fullres")
     fold = results / "fold_all"
     assert (fold / "checkpoint_final.pth").is_file()
     trained_patch = json.loads((results / "plans.json").read_text())["configurations"]["3d_fullres"]["patch_size"]
@@ -125,7 +120,7 @@ def test_planned_patch_is_rounded_to_multiples_of_8_and_logged(nnunet_env, brats
     assert isinstance(network, S2CANet) and network.patch_size == (24, 32, 40)
     log = Path(trainer.log_file).read_text()
     assert "patch size [20, 28, 37] -> [24, 32, 40]" in log
-    shutil.rmtree(_results_folder(nnunet_env, brats_like_dataset, plans="nnUNetPlansOdd"))
+    shutil.rmtree(results_folder(nnunet_env, brats_like_dataset, TRAINER, "3d_fullres", "nnUNetPlansOdd"))
 
 
 def test_predict_region_outputs_as_labels_of_input_geometry(nnunet_env, brats_like_dataset, tmp_path):
@@ -146,6 +141,6 @@ def test_predict_region_outputs_as_labels_of_input_geometry(nnunet_env, brats_li
 def test_resume_with_c(nnunet_env, brats_like_dataset):
     run_command(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "all", "-tr", TRAINER, "-device", "cpu", "--c"],
                 {**nnunet_env, "nnUNet_n_proc_DA": "0"})
-    fold = _results_folder(nnunet_env, brats_like_dataset) / "fold_all"
+    fold = results_folder(nnunet_env, brats_like_dataset, TRAINER, "3d_fullres") / "fold_all"
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     assert set(summary["mean"]) == {"(1, 2)", "(2,)"}  # evaluated per region

@@ -9,7 +9,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from conftest import PIPELINE_DATASET_ID, PIPELINE_SHAPE, run_command
+from conftest import PIPELINE_DATASET_ID, PIPELINE_SHAPE
+from helpers import results_folder, run_command
 
 from nnunet_ext.trainers import nnUNetTrainerSegFormer3DVariant
 
@@ -17,21 +18,17 @@ TRAINER = "nnUNetTrainerSegFormer3DVariant_Smoke"
 DATASET = str(PIPELINE_DATASET_ID)
 
 
-def _results_folder(env, dataset_folder: Path, configuration: str) -> Path:
-    return Path(env["nnUNet_results"]) / dataset_folder.name / f"{TRAINER}__nnUNetPlans__{configuration}"
-
-
 def test_2d_configuration_is_refused_before_anything_is_written(nnunet_env, planned_dataset):
     result = run_command(["nnUNetv2_train", DATASET, "2d", "0", "-tr", TRAINER, "-device", "cpu"], nnunet_env,
                          expect_success=False)
     assert "3D-only network" in result.stderr and "3d_fullres" in result.stderr
-    assert not _results_folder(nnunet_env, planned_dataset, "2d").exists()
+    assert not results_folder(nnunet_env, planned_dataset, TRAINER, "2d").exists()
 
 
 def test_train_writes_checkpoint_plans_and_network_size(nnunet_env, planned_dataset):
     run_command(["nnUNetv2_train", DATASET, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"],
                 {**nnunet_env, "nnUNet_n_proc_DA": "0"})
-    results = _results_folder(nnunet_env, planned_dataset, "3d_fullres")
+    results = results_folder(nnunet_env, planned_dataset, TRAINER, "3d_fullres")
     assert (results / "fold_0" / "checkpoint_final.pth").is_file()
 
     planned = json.loads((Path(nnunet_env["nnUNet_preprocessed"]) / planned_dataset.name / "nnUNetPlans.json")
@@ -72,7 +69,7 @@ def test_predict_writes_label_maps_of_input_geometry(nnunet_env, planned_dataset
 def test_predict_from_model_folder_with_probabilities(nnunet_env, planned_dataset, tmp_path):
     output = tmp_path / "predictions"
     run_command(["nnUNetv2_predict_from_modelfolder", "-i", str(planned_dataset / "imagesTs"), "-o", str(output),
-                 "-m", str(_results_folder(nnunet_env, planned_dataset, "3d_fullres")), "-f", "0", "-device", "cpu",
+                 "-m", str(results_folder(nnunet_env, planned_dataset, TRAINER, "3d_fullres")), "-f", "0", "-device", "cpu",
                  "-npp", "1", "-nps", "1", "--save_probabilities", "--disable_progress_bar"], nnunet_env)
     probabilities = np.load(next(output.glob("*.npz")))["probabilities"]
     assert probabilities.shape[0] == 3 and np.allclose(probabilities.sum(0), 1, atol=1e-3)
@@ -83,7 +80,7 @@ def test_resume_and_validate_with_npz(nnunet_env, planned_dataset):
     run_command(["nnUNetv2_train", DATASET, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu", "--c"], env)
     run_command(["nnUNetv2_train", DATASET, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu", "--val", "--npz"],
                 env)
-    validation = _results_folder(nnunet_env, planned_dataset, "3d_fullres") / "fold_0" / "validation"
+    validation = results_folder(nnunet_env, planned_dataset, TRAINER, "3d_fullres") / "fold_0" / "validation"
     assert len(list(validation.glob("*.npz"))) == 2  # 6 cases, fold 0 of 5 holds 2 out
     summary = json.loads((validation / "summary.json").read_text())
     assert set(summary["mean"]) == {"1", "2"}
@@ -102,7 +99,7 @@ def test_ddp_training_on_two_cpu_ranks(nnunet_env, planned_dataset):
     harness = Path(__file__).with_name("ddp_cpu_harness.py")
     run_command([sys.executable, str(harness), DATASET, "3d_fullres", "1", TRAINER, "2"],
                 {**nnunet_env, "nnUNet_n_proc_DA": "0", "MASTER_PORT": "29561"})
-    fold = _results_folder(nnunet_env, planned_dataset, "3d_fullres") / "fold_1"
+    fold = results_folder(nnunet_env, planned_dataset, TRAINER, "3d_fullres") / "fold_1"
     assert (fold / "checkpoint_final.pth").is_file()
     log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert "train_loss" in log

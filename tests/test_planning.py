@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PIPELINE_DATASET_ID, PIPELINE_SHAPE, run_command
+from conftest import PIPELINE_DATASET_ID, PIPELINE_SHAPE
+from helpers import run_command
 
 from nnunet_ext import planning
 from nnunet_ext.trainers import nnUNetTrainerRECUNet_Smoke, nnUNetTrainerSegFormer3DVariant_Smoke

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import run_command, scrubbed_environment
+from helpers import run_command, scrubbed_environment
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_architecture"
 DATASET_ID = 920

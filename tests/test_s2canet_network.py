@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import assert_deep_supervision_follows_the_decoder
+
 from nnunet_ext.architectures import S2CANet, s2canet
 from nnunet_ext.architectures.profiling import count_macs, count_parameters
 
@@ -126,14 +128,7 @@ def test_deep_supervision_list_heads_at_native_resolution(patch, size):
 
 def test_deep_supervision_is_read_from_the_decoder_at_call_time():
     net = S2CANet(1, 2, deep_supervision=False, patch_size=(16, 16, 16)).eval()
-    x = torch.randn(1, 1, 16, 16, 16)
-    with torch.no_grad():
-        assert isinstance(net(x), torch.Tensor)
-        net.decoder.deep_supervision = True  # what nnU-Net's set_deep_supervision_enabled does
-        out = net(x)
-        assert isinstance(out, list) and len(out) == 4
-        net.decoder.deep_supervision = False
-        assert isinstance(net(x), torch.Tensor)
+    assert_deep_supervision_follows_the_decoder(net, torch.randn(1, 1, 16, 16, 16), num_outputs=4)
 
 
 def test_every_parameter_gets_a_gradient_in_a_deep_supervision_step():

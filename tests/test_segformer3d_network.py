@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import assert_deep_supervision_follows_the_decoder
+
 from nnunet_ext.architectures import SegFormer3DVariant, segformer3d_variant
 from nnunet_ext.architectures.profiling import count_macs, count_parameters
 
@@ -69,14 +71,7 @@ def test_deep_supervision_scales_give_nnunet_target_sizes_equal_to_the_outputs(p
 
 def test_deep_supervision_is_read_from_the_decoder_at_call_time():
     net = SegFormer3DVariant(1, 3, deep_supervision=False).eval()
-    x = torch.randn(1, 1, 16, 16, 16)
-    with torch.no_grad():
-        assert isinstance(net(x), torch.Tensor)
-        net.decoder.deep_supervision = True  # what nnU-Net's set_deep_supervision_enabled does
-        out = net(x)
-        assert isinstance(out, list) and len(out) == 2
-        net.decoder.deep_supervision = False
-        assert isinstance(net(x), torch.Tensor)
+    assert_deep_supervision_follows_the_decoder(net, torch.randn(1, 1, 16, 16, 16), num_outputs=2)
 
 
 def test_every_parameter_gets_a_gradient_in_a_deep_supervision_step():
