@@ -64,7 +64,7 @@ THRESHOLD_DERIVATION = (
     f"1000 -> {KIDNEY_MIN_ML:g} mL per side, tumour 50 -> {TUMOR_MIN_ML:g} mL per lesion")
 
 # Label values of the segmentation this workflow writes, whatever the models' own label values are.
-KIDNEY, TUMOUR = 1, 2
+KIDNEY, TUMOR = 1, 2
 SIDES = ("right", "left")
 VERDICT_NO_KIDNEY = "no kidney"
 VERDICT_NO_LESION = "no lesion"
@@ -396,7 +396,7 @@ def _side_of(x_mm: np.ndarray | float, midline: float) -> np.ndarray:
 
 def decide_sides(labels: np.ndarray, reference: sitk.Image, *, kidney_min_ml: float = KIDNEY_MIN_ML,
                  tumor_min_ml: float = TUMOR_MIN_ML, midline: float | None = None,
-                 tumour_probability: np.ndarray | None = None) -> tuple[dict[str, SideResult], np.ndarray]:
+                 tumor_probability: np.ndarray | None = None) -> tuple[dict[str, SideResult], np.ndarray]:
     """The per-side verdict from a label map (0, 1 kidney, 2 tumour) on ``reference``'s grid.
 
     Args:
@@ -405,7 +405,7 @@ def decide_sides(labels: np.ndarray, reference: sitk.Image, *, kidney_min_ml: fl
         kidney_min_ml: a side has a kidney when its kidney (tumours touching it included) reaches this volume.
         tumor_min_ml: a lesion counts from this volume.
         midline: patient x (mm) between the sides; default: the field-of-view centre.
-        tumour_probability: (z, y, x) tumour probability, for each lesion's mean; None leaves it out.
+        tumor_probability: (z, y, x) tumour probability, for each lesion's mean; None leaves it out.
 
     Returns the results by side ("right", "left") and the (z, y, x) map of lesion numbers (0 = none). A lesion is a
     26-connected tumour component; its side is that of its centroid; it counts when it touches a kidney voxel, its
@@ -419,11 +419,11 @@ def decide_sides(labels: np.ndarray, reference: sitk.Image, *, kidney_min_ml: fl
     if len(kidney_indices):
         kidney_voxels += np.bincount(_side_of(patient_x_mm(reference, kidney_indices), midline), minlength=2)
 
-    components, _ = ndimage.label(labels == TUMOUR, structure=np.ones((3, 3, 3), dtype=bool))
+    components, _ = ndimage.label(labels == TUMOR, structure=np.ones((3, 3, 3), dtype=bool))
     lesions = []
     for number, box in enumerate(ndimage.find_objects(components), start=1):
         lesions.append(_describe_lesion(number, box, components, labels, reference, midline, voxel_ml,
-                                        tumour_probability))
+                                        tumor_probability))
 
     results = {}
     for side_index, side in enumerate(SIDES):
@@ -504,7 +504,7 @@ def render_side_picture(ct: sitk.Image, labels: sitk.Image, lesions: sitk.Image,
     picture = Image.fromarray(grey).resize((width, height), Image.Resampling.BILINEAR).convert("RGB")
     canvas = np.asarray(picture).copy()
     line = max(1, round(min(width, height) / 256))
-    for mask, colour in ((label_array[k] > 0, (0, 220, 0)), (label_array[k] == TUMOUR, (255, 40, 40))):
+    for mask, colour in ((label_array[k] > 0, (0, 220, 0)), (label_array[k] == TUMOR, (255, 40, 40))):
         canvas[_outline(_upscale(mask, width, height), line)] = colour
     picture = Image.fromarray(canvas)
     draw = ImageDraw.Draw(picture)
@@ -577,27 +577,27 @@ def run_detection(input_path: str | os.PathLike, output_dir: str | os.PathLike, 
         if settings.kidney_label == settings.tumor_label:
             raise ValueError(f"--kidney-label and --tumor-label are both {settings.kidney_label}; one model needs a "
                              "label for each.")
-        tumour_model = check_model(settings.model, {"kidney": settings.kidney_label, "tumour": settings.tumor_label})
+        tumor_model = check_model(settings.model, {"kidney": settings.kidney_label, "tumour": settings.tumor_label})
         kidney_model = None
     else:
         kidney_model = check_model(settings.kidney_model, {"kidney": settings.kidney_label})
-        tumour_model = check_model(settings.model, {"tumour": settings.tumor_label})
-        if kidney_model.num_channels != tumour_model.num_channels:
+        tumor_model = check_model(settings.model, {"tumour": settings.tumor_label})
+        if kidney_model.num_channels != tumor_model.num_channels:
             raise ValueError(f"The kidney model takes {kidney_model.num_channels} channels, the tumour model "
-                             f"{tumour_model.num_channels}; both must read the same images.")
-    cases = collect_cases(input_path, tumour_model.num_channels, tumour_model.file_ending, settings.series_uid,
+                             f"{tumor_model.num_channels}; both must read the same images.")
+    cases = collect_cases(input_path, tumor_model.num_channels, tumor_model.file_ending, settings.series_uid,
                           settings.skip_unreadable)
     todo = _cases_to_run(output_dir, cases, settings.overwrite, log)
     dicom.require_writable_folder(output_dir)
     with dicom.stop_signals_raise():
         try:
             predictors = {role: _make_predictor(model.spec, settings) for role, model in
-                          (("kidney", kidney_model), ("tumour", tumour_model)) if model is not None and todo}
+                          (("kidney", kidney_model), ("tumour", tumor_model)) if model is not None and todo}
             for index, case in enumerate(todo, start=1):
                 position = f"[{index}/{len(todo)}] {case.name}"
                 started = time.time()
                 log(f"{position}: reading {case.kind} ...")
-                report = _detect_case(case, output_dir, settings, tumour_model, kidney_model, predictors, log)
+                report = _detect_case(case, output_dir, settings, tumor_model, kidney_model, predictors, log)
                 for side in SIDES:
                     log(f"{position} {side}: {_side_line(report['sides'][side])}")
                 log(f"{position}: done in {time.time() - started:.1f} s -> {output_dir / case.name}")
@@ -662,19 +662,19 @@ def _predict(predictor, channels: np.ndarray, spacing_zyx: list[float], probabil
     return np.asarray(segmentation), np.asarray(probabilities[probability_channel], dtype=np.float32)
 
 
-def _segment(images: list[sitk.Image], settings: DetectionSettings, tumour_model: ModelInfo,
+def _segment(images: list[sitk.Image], settings: DetectionSettings, tumor_model: ModelInfo,
              kidney_model: ModelInfo | None, predictors: dict) -> tuple[np.ndarray, np.ndarray]:
     """The case's label map (0, 1 kidney, 2 tumour) and tumour probability, both (z, y, x)."""
     channels = np.stack([sitk.GetArrayFromImage(image).astype(np.float32) for image in images])
     spacing_zyx = list(images[0].GetSpacing())[::-1]
-    tumour_channel = tumour_model.probability_channel(settings.tumor_label)
+    tumor_channel = tumor_model.probability_channel(settings.tumor_label)
     if kidney_model is None:
-        segmentation, probability = _predict(predictors["tumour"], channels, spacing_zyx, tumour_channel)
-        kidney, tumour = segmentation == settings.kidney_label, segmentation == settings.tumor_label
+        segmentation, probability = _predict(predictors["tumour"], channels, spacing_zyx, tumor_channel)
+        kidney, tumor = segmentation == settings.kidney_label, segmentation == settings.tumor_label
     else:
         segmentation, _ = _predict(predictors["kidney"], channels, spacing_zyx, None)
         kidney = segmentation == settings.kidney_label
-        tumour = np.zeros_like(kidney)
+        tumor = np.zeros_like(kidney)
         probability = np.zeros(kidney.shape, dtype=np.float32)
         if kidney.any():
             margin = [math.ceil(settings.crop_margin_mm / s) for s in spacing_zyx]
@@ -682,28 +682,28 @@ def _segment(images: list[sitk.Image], settings: DetectionSettings, tumour_model
             box = tuple(slice(max(lo - m, 0), min(hi + m + 1, n))
                         for lo, hi, m, n in zip(found.min(0), found.max(0), margin, kidney.shape))
             crop_segmentation, crop_probability = _predict(predictors["tumour"], channels[(slice(None), *box)],
-                                                           spacing_zyx, tumour_channel)
-            tumour[box] = crop_segmentation == settings.tumor_label
+                                                           spacing_zyx, tumor_channel)
+            tumor[box] = crop_segmentation == settings.tumor_label
             probability[box] = crop_probability
-    labels = np.where(tumour, TUMOUR, np.where(kidney, KIDNEY, 0)).astype(np.uint8)
+    labels = np.where(tumor, TUMOR, np.where(kidney, KIDNEY, 0)).astype(np.uint8)
     return labels, probability
 
 
-def _detect_case(case: DetectionCase, output_dir: Path, settings: DetectionSettings, tumour_model: ModelInfo,
+def _detect_case(case: DetectionCase, output_dir: Path, settings: DetectionSettings, tumor_model: ModelInfo,
                  kidney_model: ModelInfo | None, predictors: dict, log: Callable[[str], None]) -> dict:
     images, input_info = load_case(case, log)
     reference = images[0]
     log(f"  size {reference.GetSize()}, spacing {tuple(round(s, 3) for s in reference.GetSpacing())} mm; "
         f"segmenting ...")
-    labels, probability = _segment(images, settings, tumour_model, kidney_model, predictors)
+    labels, probability = _segment(images, settings, tumor_model, kidney_model, predictors)
     modality = input_info.get("modality")
     if modality and modality != "CT":
         input_info["warnings"].append(f"modality {modality}: the picture's window and the body midline assume CT")
-    is_ct = modality == "CT" or (not modality and tumour_model.channel_names[0].upper() == "CT")
+    is_ct = modality == "CT" or (not modality and tumor_model.channel_names[0].upper() == "CT")
     midline, midline_method = midline_x_mm(reference, sitk.GetArrayViewFromImage(reference) if is_ct else None)
     sides, lesion_map = decide_sides(labels, reference, kidney_min_ml=settings.kidney_min_ml,
                                      tumor_min_ml=settings.tumor_min_ml, midline=midline,
-                                     tumour_probability=probability)
+                                     tumor_probability=probability)
 
     staging = output_dir / f".{case.name}.incomplete-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
@@ -723,7 +723,7 @@ def _detect_case(case: DetectionCase, output_dir: Path, settings: DetectionSetti
                 result.picture = render_side_picture(reference, label_image, lesion_image,
                                                      [lesion.number for lesion in result.counted],
                                                      staging / f"{case.name}_{side}.png", title)
-        report = _report(case, input_info, reference, settings, tumour_model, kidney_model, midline,
+        report = _report(case, input_info, reference, settings, tumor_model, kidney_model, midline,
                          midline_method, sides)
         (staging / REPORT_FILE).write_text(json.dumps(report, indent=2))
         _publish(staging, output_dir / case.name)
@@ -753,7 +753,7 @@ def _written_by_detect(name: str, case: str) -> bool:
 
 
 def _report(case: DetectionCase, input_info: dict, reference: sitk.Image, settings: DetectionSettings,
-            tumour_model: ModelInfo, kidney_model: ModelInfo | None, midline: float, midline_method: str,
+            tumor_model: ModelInfo, kidney_model: ModelInfo | None, midline: float, midline_method: str,
             sides: dict[str, SideResult]) -> dict:
     return {
         "case": case.name,
@@ -764,7 +764,7 @@ def _report(case: DetectionCase, input_info: dict, reference: sitk.Image, settin
                   "voxel_ml": voxel_volume_ml(reference)},
         "coordinates": "patient coordinates are ITK/DICOM LPS in mm (+x patient left, +y posterior, +z superior); "
                        "voxel coordinates are ITK indices (x = column, y = row, z = slice) of the input image",
-        "model": tumour_model.describe(),
+        "model": tumor_model.describe(),
         "kidney_model": kidney_model.describe() if kidney_model else None,
         "labels": {"kidney": settings.kidney_label, "tumour": settings.tumor_label,
                    "segmentation_file": {"1": "kidney", "2": "tumour"}},

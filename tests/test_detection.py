@@ -66,18 +66,18 @@ def test_per_side_decision_with_known_answers():
     probability[3, 7, 5] = 0.2  # one voxel of the counted tumour: its mean is (47 * 0.8 + 0.2) / 48
 
     sides, lesions = decide_sides(labels, _image(labels), kidney_min_ml=1.0, tumor_min_ml=0.05,
-                                  tumour_probability=probability)
+                                  tumor_probability=probability)
 
     right, left = sides["right"], sides["left"]  # low columns = low x = the patient's right (LPS)
     assert right.verdict == "RCC-suspected lesion" and right.kidney_present
     assert right.kidney_ml == pytest.approx(600 * VOXEL_ML)
-    [tumour] = right.lesions
-    assert tumour.counted and tumour.voxels == 48 and tumour.volume_ml == pytest.approx(48 * VOXEL_ML)
-    assert tumour.centroid_voxel == [6.5, 8.5, 4.0]
-    assert tumour.centroid_mm == [-13.5, 8.5, 8.0]
-    assert tumour.bbox_voxel == {"min": [5, 7, 3], "max": [8, 10, 5]}
-    assert tumour.bbox_mm == {"min": [-15.0, 7.0, 6.0], "max": [-12.0, 10.0, 10.0]}
-    assert tumour.mean_probability == pytest.approx((47 * 0.8 + 0.2) / 48, abs=1e-4)
+    [tumor] = right.lesions
+    assert tumor.counted and tumor.voxels == 48 and tumor.volume_ml == pytest.approx(48 * VOXEL_ML)
+    assert tumor.centroid_voxel == [6.5, 8.5, 4.0]
+    assert tumor.centroid_mm == [-13.5, 8.5, 8.0]
+    assert tumor.bbox_voxel == {"min": [5, 7, 3], "max": [8, 10, 5]}
+    assert tumor.bbox_mm == {"min": [-15.0, 7.0, 6.0], "max": [-12.0, 10.0, 10.0]}
+    assert tumor.mean_probability == pytest.approx((47 * 0.8 + 0.2) / 48, abs=1e-4)
 
     assert left.verdict == "no lesion" and left.kidney_ml == pytest.approx(600 * VOXEL_ML)
     assert [(lesion.voxels, lesion.touches_kidney, lesion.counted, lesion.reason) for lesion in left.lesions] == [
