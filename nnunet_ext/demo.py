@@ -11,9 +11,7 @@ import datetime
 import io
 import json
 import os
-import shutil
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from nnunet_ext import benchmarking
 from nnunet_ext.architectures.profiling import count_parameters
 from nnunet_ext.catalog import UnknownTrainerError, resolve_trainer, supported_configurations
 from nnunet_ext.checks import NNUNET_PATH_VARIABLES
+from nnunet_ext.crossval import console_script
 from nnunet_ext.synthetic import find_dataset_folder, make_synthetic_dataset
 
 CONFIGURATION = "3d_fullres"
@@ -49,20 +48,10 @@ def _environment(workdir: Path) -> dict[str, str]:
     return env
 
 
-def _executable(name: str) -> str:
-    """The console script of this Python environment (also when it is not activated), else the one on PATH."""
-    beside_python = Path(sys.executable).parent / name
-    found = str(beside_python) if beside_python.is_file() else shutil.which(name)
-    if found is None:
-        raise FileNotFoundError(f"'{name}' is neither next to {sys.executable} nor on PATH; "
-                                f"is nnunetv2 installed in this environment?")
-    return found
-
-
 def _run(command: list[str], env: dict[str, str], log_file: Path) -> None:
     """Run a stock nnU-Net command, log all of its output and echo its progress lines."""
     print("  $ " + " ".join(command), flush=True)
-    command = [_executable(command[0]), *command[1:]]
+    command = [console_script(command[0]), *command[1:]]
     with log_file.open("a") as log:
         log.write("$ " + " ".join(command) + "\n")
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from typing import Callable
+
 import pytest
 import torch
 from torch import nn
@@ -51,3 +53,14 @@ def assert_deep_supervision_follows_the_decoder(network: nn.Module, x: torch.Ten
         assert isinstance(out, list) and len(out) == num_outputs
         network.decoder.deep_supervision = False
         assert isinstance(network(x), torch.Tensor)
+
+
+def assert_state_dict_independent_of_deep_supervision(build: Callable[[bool], nn.Module], x: torch.Tensor) -> None:
+    """The weights of ``build(True)`` load strictly into ``build(False)``, whose output is the first deep-supervision
+    output: nnU-Net predicts with deep supervision off from a checkpoint trained with it on."""
+    with_ds, without_ds = build(True), build(False)
+    without_ds.load_state_dict(with_ds.state_dict(), strict=True)
+    with_ds.eval()
+    without_ds.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(with_ds(x)[0], without_ds(x))

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import assert_deep_supervision_follows_the_decoder
+from helpers import assert_deep_supervision_follows_the_decoder, assert_state_dict_independent_of_deep_supervision
 
 from nnunet_ext.architectures import S2CANet, s2canet
 from nnunet_ext.architectures.profiling import count_macs, count_parameters
@@ -142,14 +142,9 @@ def test_every_parameter_gets_a_gradient_in_a_deep_supervision_step():
 
 
 def test_state_dict_is_independent_of_deep_supervision():
-    with_ds = S2CANet(1, 3, deep_supervision=True, patch_size=(16, 16, 16))
-    without_ds = S2CANet(1, 3, deep_supervision=False, patch_size=(16, 16, 16))
-    without_ds.load_state_dict(with_ds.state_dict(), strict=True)
-    with_ds.eval()
-    without_ds.eval()
-    x = torch.randn(1, 1, 16, 16, 16)
-    with torch.no_grad():
-        torch.testing.assert_close(with_ds(x)[0], without_ds(x))
+    assert_state_dict_independent_of_deep_supervision(
+        lambda deep_supervision: S2CANet(1, 3, deep_supervision=deep_supervision, patch_size=(16, 16, 16)),
+        torch.randn(1, 1, 16, 16, 16))
 
 
 def original_vas_mlp(mlp: s2canet.TriPlanarAxialShiftMLP, x: torch.Tensor, h_d_back=(0, 2, 1, 3, 4)) -> torch.Tensor:
