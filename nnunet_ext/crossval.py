@@ -36,7 +36,6 @@ from pathlib import Path
 
 from nnunet_ext import checks
 
-EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: what our trainers return after a clean stop; resume with --c
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 # nnU-Net console lines worth showing while several folds run at once
 PROGRESS_LINE = re.compile(r"Epoch \d+|Epoch time|Pseudo dice|Validation complete|Mean Validation Dice|Error|error|"
@@ -70,7 +69,7 @@ def fold_state(fold_folder: Path) -> str:
 
 def inspect_fold(fold_folder: Path) -> tuple[str, str]:
     """The fold's state and a note naming the files that could not be loaded ("" when none)."""
-    from nnunet_ext.trainers.base import CHECKPOINT_ORDER, load_checked_checkpoint
+    from nnunet_ext.trainers.preemption import CHECKPOINT_ORDER, load_checked_checkpoint
 
     damaged = {}
     loadable = []
@@ -257,6 +256,7 @@ class _Runner:
         return env
 
     def _run_one(self, job: FoldJob, slot: int | None, position: str) -> int:
+        from nnunet_ext.trainers.preemption import EXIT_PREEMPTED  # imports torch: not at import of the CLI
         command = [console_script("nnUNetv2_train"), *job.arguments(self.dataset, self.plans, self.device)]
         where = f" on GPU {slot}" if slot is not None else ""
         self.say(f"{position} {job.tag}: {ACTIONS[job.state]}{where}\n  $ {shlex.join(command)}")
@@ -276,15 +276,16 @@ class _Runner:
             with self.lock:
                 self.processes.discard(process)
         seconds = time.monotonic() - start
-        status = {0: "", EXIT_INTERRUPTED: " (exit 75): run the same command again to resume"}.get(
+        status = {0: "", EXIT_PREEMPTED: f" (exit {EXIT_PREEMPTED}): run the same command again to resume"}.get(
             returncode, f"; full output in {job.folder / 'nnunet_ext_cv_console.txt'}")
-        outcome = {0: "done", EXIT_INTERRUPTED: "interrupted"}.get(returncode, f"FAILED (exit {returncode})")
+        outcome = {0: "done", EXIT_PREEMPTED: "interrupted"}.get(returncode, f"FAILED (exit {returncode})")
         self.say(f"{position} {job.tag}: {outcome} after {seconds:.0f} s{status}")
         with self.lock:
             self.outcomes.append((job, returncode, seconds))
         return returncode
 
     def run(self, jobs: list[FoldJob]) -> int:
+        from nnunet_ext.trainers.preemption import EXIT_PREEMPTED  # imports torch: not at import of the CLI
         todo: queue.Queue = queue.Queue()
         for index, job in enumerate(jobs, 1):
             todo.put((f"[{index}/{len(jobs)}]", job))
@@ -309,10 +310,10 @@ class _Runner:
             for s, handler in previous.items():
                 signal.signal(s, handler)
         codes = [code for _, code, _ in self.outcomes]
-        if any(code not in (0, EXIT_INTERRUPTED) for code in codes):
+        if any(code not in (0, EXIT_PREEMPTED) for code in codes):
             return 1
-        if self.stop_signal is not None or EXIT_INTERRUPTED in codes:
-            return EXIT_INTERRUPTED
+        if self.stop_signal is not None or EXIT_PREEMPTED in codes:
+            return EXIT_PREEMPTED
         return 0
 
 
@@ -329,6 +330,7 @@ def run_cross_validation(dataset: str, configurations: list[str], trainers: list
                          overwrite: bool = False) -> int:
     """The ``nnunet-ext cv`` command; returns its exit status (0, 1 if a fold failed, 75 if interrupted).
     ``overwrite`` allows ``emit_slurm`` to replace an existing file."""
+    from nnunet_ext.trainers.preemption import EXIT_PREEMPTED  # imports torch: not at import of the CLI
     if emit_slurm is not None:
         check_script_target(Path(emit_slurm), overwrite)
     gpu_indices = parse_gpus(gpus) if emit_slurm is None else []
@@ -358,7 +360,7 @@ def run_cross_validation(dataset: str, configurations: list[str], trainers: list
     status = runner.run(pending)
     print("Summary:")
     for job, code, seconds in runner.outcomes:
-        outcome = {0: "ok", EXIT_INTERRUPTED: "interrupted"}.get(code, f"failed (exit {code})")
+        outcome = {0: "ok", EXIT_PREEMPTED: "interrupted"}.get(code, f"failed (exit {code})")
         print(f"  {job.tag}: {outcome}, {seconds:.0f} s")
     not_started = len(pending) - len(runner.outcomes)
     if not_started:
@@ -385,6 +387,7 @@ def write_slurm_script(path: Path, dataset_id: str, plans: str, jobs: list[FoldJ
     preemption with PreemptMode=REQUEUE requeues it too). The requeued task runs the same command, which sees
     the checkpoint and resumes with ``--c``; a finished fold is skipped.
     """
+    from nnunet_ext.trainers.preemption import EXIT_PREEMPTED  # imports torch: not at import of the CLI
     try:
         command = console_script("nnunet-ext")
     except FileNotFoundError:  # the cluster's environment may still have it
@@ -422,7 +425,7 @@ def write_slurm_script(path: Path, dataset_id: str, plans: str, jobs: list[FoldJ
         "  STATUS=$?",
         "  kill -0 $CHILD 2>/dev/null || break",
         "done",
-        f"if [ $STATUS -eq {EXIT_INTERRUPTED} ]; then",
+        f"if [ $STATUS -eq {EXIT_PREEMPTED} ]; then",
         "  echo \"fold interrupted: requeueing ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} to resume it\"",
         "  scontrol requeue \"${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}\"",
         "fi",

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_command, scrubbed_environment
-from nnunet_ext.trainers.base import (EXIT_PREEMPTED, PARTIAL_SUFFIX, CheckpointMismatchError,
-                                      checkpoint_mismatch, save_atomically)
+from helpers import run_command, scrubbed_environment
+from nnunet_ext.trainers.preemption import (EXIT_PREEMPTED, PARTIAL_SUFFIX, CheckpointMismatchError,
+                                            checkpoint_mismatch, save_atomically)
 
 DATASET_ID = 930
 DATASET_NAME = "Dataset930_Preemption"
@@ -230,7 +230,7 @@ KILL_LOOP = textwrap.dedent("""
     import json, os, random, signal, sys, time
     import torch
     torch.set_num_threads(1)
-    from nnunet_ext.trainers.base import PARTIAL_SUFFIX, save_atomically
+    from nnunet_ext.trainers.preemption import PARTIAL_SUFFIX, save_atomically
     path, rounds, rng, outcomes = sys.argv[1], int(sys.argv[2]), random.Random(0), []
     for _ in range(rounds):
         pid = os.fork()
@@ -282,7 +282,7 @@ def test_list_shows_the_preemptible_default_trainer_with_plainconvunet():
 
 
 def test_bad_settings_name_the_environment_variable(monkeypatch):
-    from nnunet_ext.trainers.base import _env_number, _stop_signal_numbers
+    from nnunet_ext.trainers.preemption import _env_number, _stop_signal_numbers
 
     monkeypatch.setenv("NNUNET_EXT_CHECKPOINT_EVERY", "often")
     with pytest.raises(ValueError, match="NNUNET_EXT_CHECKPOINT_EVERY='often'.*whole number"):

@@ -3,13 +3,14 @@
 ``TRAINERS`` lists the full-length trainers, one per architecture; each module also holds short variants
 (``_Smoke`` for tests, ``_Demo`` for ``nnunet-ext demo``).
 """
-from nnunet_ext.trainers.base import DemoRunMixin, PreemptionSafeMixin, ShortRunMixin, nnUNetTrainerExt
+from nnunet_ext.trainers.base import DemoRunMixin, ShortRunMixin, nnUNetTrainerExt
 from nnunet_ext.trainers.baseline import (
     nnUNetTrainer_Demo,
     nnUNetTrainer_Smoke,
     nnUNetTrainerPreemptible,
     nnUNetTrainerPreemptible_Smoke,
 )
+from nnunet_ext.trainers.preemption import PreemptionSafeMixin
 from nnunet_ext.trainers.rccsegmentor import (
     nnUNetTrainerRccSegmentor,
     nnUNetTrainerRccSegmentor_Demo,

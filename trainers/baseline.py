@@ -6,8 +6,9 @@ from torch import nn
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_ext.trainers.base import DemoRunMixin, PreemptionSafeMixin, ShortRunMixin
+from nnunet_ext.trainers.base import DemoRunMixin, ShortRunMixin
 from nnunet_ext.trainers.plain_conv_unet import default_plain_conv_unet
+from nnunet_ext.trainers.preemption import PreemptionSafeMixin
 
 
 class nnUNetTrainer_Smoke(ShortRunMixin, nnUNetTrainer):
