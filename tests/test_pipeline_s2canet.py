@@ -139,8 +139,16 @@ def test_predict_region_outputs_as_labels_of_input_geometry(nnunet_env, brats_li
 
 
 def test_resume_with_c(nnunet_env, brats_like_dataset):
+    fold = results_folder(nnunet_env, brats_like_dataset, TRAINER, "3d_fullres") / "fold_all"
+    finished = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    logs_before = set(fold.glob("training_log_*.txt"))
     run_command(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "all", "-tr", TRAINER, "-device", "cpu", "--c"],
                 {**nnunet_env, "nnUNet_n_proc_DA": "0"})
-    fold = results_folder(nnunet_env, brats_like_dataset, TRAINER, "3d_fullres") / "fold_all"
+    # --c continued at the checkpoint's epoch (the run's last): no epoch trained again, the weights are the same
+    log = "".join(path.read_text() for path in set(fold.glob("training_log_*.txt")) - logs_before)
+    assert log and finished["current_epoch"] >= 1 and "Epoch 0" not in log
+    resumed = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert resumed["current_epoch"] == finished["current_epoch"]
+    assert all(torch.equal(resumed["network_weights"][k], v) for k, v in finished["network_weights"].items())
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     assert set(summary["mean"]) == {"(1, 2)", "(2,)"}  # evaluated per region
