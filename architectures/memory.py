@@ -43,13 +43,13 @@ Hook: a network class whose memory the generic trace gets wrong defines a method
 trace. None of the networks of this package needs it.
 
 Validated against measured CPU memory by ``benchmarks/memory_model.py`` (``measure_training_memory``: peak tensor
-bytes of real steps from torch's profiler). Where it falls short: memory that a kernel allocates inside one
-operator is invisible to a trace at the operator level. On CPU the one case that matters here is RccSegmentor's
-Feature Exploration Module: the backward pass of its full 384-channel dilated k×k convolutions runs through an
-im2col buffer (77 MB in a single ``convolution_backward`` at batch 2, 64², pvt_v2_b0), so the prediction for
-RccSegmentor is 20-35 % below the measured peak on CPU; the light variant (depthwise FEM) and the other networks are
-within a few per cent. On CUDA the same role falls to cuDNN's workspaces (allocated through the caching allocator,
-so counted by ``torch.cuda.max_memory_allocated``); a GPU measurement (``benchmarks/gpu_check.py``) shows their size.
+bytes of real steps from torch's profiler). Where it falls short: memory that a kernel allocates inside one operator
+is invisible to a trace at the operator level. On CPU this shows in RccSegmentor at small inputs: at 64² (batch 2,
+pvt_v2_b0) the backward pass of the Feature Exploration Module's full 384-channel dilated convolutions takes
+PyTorch's im2col path, whose 77 MB column buffer inside one ``convolution_backward`` puts the prediction 33 % below
+the measured peak; from 96² on PyTorch picks a convolution kernel without that buffer and the prediction is within 6
+%. On CUDA the same role falls to cuDNN's workspaces (allocated through the caching allocator, so counted by
+``torch.cuda.max_memory_allocated``); a GPU measurement (``benchmarks/gpu_check.py``) shows their size.
 """
 from __future__ import annotations
 
