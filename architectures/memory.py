@@ -47,8 +47,8 @@ bytes of real steps from torch's profiler). Where it falls short: memory that a 
 is invisible to a trace at the operator level. On CPU this shows in RccSegmentor at small inputs: at 64² (batch 2,
 pvt_v2_b0) the backward pass of the Feature Exploration Module's full 384-channel dilated convolutions takes
 PyTorch's im2col path, whose 77 MB column buffer inside one ``convolution_backward`` puts the prediction 33 % below
-the measured peak; from 96² on PyTorch picks a convolution kernel without that buffer and the prediction is within 6
-%. On CUDA the same role falls to cuDNN's workspaces (allocated through the caching allocator, so counted by
+the measured peak; from 96² on PyTorch picks a convolution kernel without that buffer and the prediction is within 6 %.
+On CUDA the same role falls to cuDNN's workspaces (allocated through the caching allocator, so counted by
 ``torch.cuda.max_memory_allocated``); a GPU measurement (``benchmarks/gpu_check.py``) shows their size.
 """
 from __future__ import annotations
