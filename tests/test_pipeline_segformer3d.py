@@ -93,6 +93,23 @@ def test_find_best_configuration_sees_the_trainer(nnunet_env, planned_dataset):
     assert TRAINER in instructions.read_text()
 
 
+def test_find_best_configuration_chooses_the_better_of_two_trainers_by_their_summaries(nnunet_env, planned_dataset):
+    other = "nnUNetTrainer_Smoke"  # nnU-Net's default network, trained on the same fold
+    run_command(["nnUNetv2_train", DATASET, "3d_fullres", "0", "-tr", other, "-device", "cpu"],
+                {**nnunet_env, "nnUNet_n_proc_DA": "0"})
+    run_command(["nnUNetv2_find_best_configuration", DATASET, "-c", "3d_fullres", "-tr", TRAINER, other, "-f", "0",
+                 "-np", "1", "--disable_ensembling"], nnunet_env)
+    dice = {trainer: json.loads((results_folder(nnunet_env, planned_dataset, trainer, "3d_fullres") / "fold_0" /
+                                 "validation" / "summary.json").read_text())["foreground_mean"]["Dice"]
+            for trainer in (TRAINER, other)}
+    dataset_results = Path(nnunet_env["nnUNet_results"]) / planned_dataset.name
+    information = json.loads((dataset_results / "inference_information.json").read_text())
+    assert {key.split("__")[0] for key in information["all_results"]} == {TRAINER, other}
+    [chosen] = information["best_model_or_ensemble"]["selected_model_or_models"]
+    assert dice[chosen["trainer"]] == max(dice.values())
+    assert chosen["trainer"] in (dataset_results / "inference_instructions.txt").read_text()
+
+
 def test_ddp_training_on_two_cpu_ranks(nnunet_env, planned_dataset):
     """nnU-Net's DDP wrapper (no find_unused_parameters) with deep supervision on: every parameter must get a
     gradient in every step, or DDP raises on the second iteration."""
