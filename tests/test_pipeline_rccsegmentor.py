@@ -41,6 +41,15 @@ def imagenet_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def trained_results(nnunet_env, dataset_2d, imagenet_checkpoint) -> Path:
+    """The smoke trainer's fold 'all', trained with the stock nnUNetv2_train from the ImageNet checkpoint; its
+    results folder (the trainer's, holding fold_all)."""
+    run_command(["nnUNetv2_train", str(DATASET_ID), "2d", "all", "-tr", TRAINER, "-device", "cpu"],
+                {**nnunet_env, "nnUNet_n_proc_DA": "0", PRETRAINED_WEIGHTS_VARIABLE: str(imagenet_checkpoint)})
+    return results_folder(nnunet_env, dataset_2d, TRAINER, "2d")
+
+
 def test_3d_configuration_is_refused_naming_2d(nnunet_env, planned_dataset):
     """The session's 3D dataset, planned for 2d and 3d_fullres: the 3D configuration fails before anything is
     written, naming the 2D one."""
@@ -51,10 +60,8 @@ def test_3d_configuration_is_refused_naming_2d(nnunet_env, planned_dataset):
                 ).exists()
 
 
-def test_train_starts_from_local_imagenet_weights(nnunet_env, dataset_2d, imagenet_checkpoint):
-    run_command(["nnUNetv2_train", str(DATASET_ID), "2d", "all", "-tr", TRAINER, "-device", "cpu"],
-                {**nnunet_env, "nnUNet_n_proc_DA": "0", PRETRAINED_WEIGHTS_VARIABLE: str(imagenet_checkpoint)})
-    results = results_folder(nnunet_env, dataset_2d, TRAINER, "2d")
+def test_train_starts_from_local_imagenet_weights(trained_results, imagenet_checkpoint):
+    results = trained_results
     assert (results / "fold_all" / "checkpoint_final.pth").is_file()
     log = "".join(p.read_text() for p in (results / "fold_all").glob("training_log_*.txt"))
     assert f"tensors of ImageNet weights from {imagenet_checkpoint}" in log
@@ -63,7 +70,7 @@ def test_train_starts_from_local_imagenet_weights(nnunet_env, dataset_2d, imagen
     assert all(p % 32 == 0 for p in patch)  # the predictor reads this file
 
 
-def test_predict_writes_label_maps_of_input_geometry(nnunet_env, dataset_2d, tmp_path):
+def test_predict_writes_label_maps_of_input_geometry(nnunet_env, dataset_2d, trained_results, tmp_path):
     output = tmp_path / "predictions"
     run_command(["nnUNetv2_predict", "-i", str(dataset_2d / "imagesTs"), "-o", str(output), "-d", str(DATASET_ID),
                  "-c", "2d", "-tr", TRAINER, "-f", "all", "-device", "cpu", "-npp", "0", "-nps", "0",
@@ -78,8 +85,8 @@ def test_predict_writes_label_maps_of_input_geometry(nnunet_env, dataset_2d, tmp
     assert probabilities.shape[0] == 3 and np.allclose(probabilities.sum(0), 1, atol=1e-3)
 
 
-def test_resume_keeps_the_trained_weights(nnunet_env, dataset_2d):
-    fold = results_folder(nnunet_env, dataset_2d, TRAINER, "2d") / "fold_all"
+def test_resume_keeps_the_trained_weights(nnunet_env, trained_results):
+    fold = trained_results / "fold_all"
     trained = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
     # resuming restores the checkpoint and neither reads nor needs the ImageNet file
     run_command(["nnUNetv2_train", str(DATASET_ID), "2d", "all", "-tr", TRAINER, "-device", "cpu", "--c"],

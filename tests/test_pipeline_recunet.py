@@ -35,16 +35,22 @@ def liver_dataset(nnunet_env) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def trained_fold(nnunet_env, liver_dataset) -> Path:
+    """The smoke trainer's fold 'all', trained with the stock nnUNetv2_train; its results folder."""
+    run_command(["nnUNetv2_train", str(DATASET_ID), "2d", "all", "-tr", TRAINER, "-device", "cpu"],
+                {**nnunet_env, "nnUNet_n_proc_DA": "0"})
+    return results_folder(nnunet_env, liver_dataset, TRAINER, "2d") / "fold_all"
+
+
 def test_the_dataset_declares_liver_as_a_region_containing_the_tumour(liver_dataset):
     dataset_json = json.loads((liver_dataset / "dataset.json").read_text())
     assert dataset_json["labels"]["organ"] == [1, 2] and dataset_json["labels"]["tumour"] in (2, [2])
     assert dataset_json["regions_class_order"] == [1, 2]
 
 
-def test_train_fold_all_with_regions(nnunet_env, liver_dataset):
-    run_command(["nnUNetv2_train", str(DATASET_ID), "2d", "all", "-tr", TRAINER, "-device", "cpu"],
-                {**nnunet_env, "nnUNet_n_proc_DA": "0"})
-    fold = results_folder(nnunet_env, liver_dataset, TRAINER, "2d") / "fold_all"
+def test_train_fold_all_with_regions(trained_fold):
+    fold = trained_fold
     assert (fold / "checkpoint_final.pth").is_file()
     log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert "Network RECUNet:" in log and "Current learning rate: 0.0003" in log
@@ -77,7 +83,7 @@ def test_recipe_adam_two_phases_sigmoid_dice_bce_without_deep_supervision(nnunet
         assert optimizer.param_groups[0]["lr"] == lr
 
 
-def test_predict_region_outputs_as_labels_of_input_geometry(nnunet_env, liver_dataset, tmp_path):
+def test_predict_region_outputs_as_labels_of_input_geometry(nnunet_env, liver_dataset, trained_fold, tmp_path):
     output = tmp_path / "predictions"
     run_command(["nnUNetv2_predict", "-i", str(liver_dataset / "imagesTs"), "-o", str(output), "-d",
                  str(DATASET_ID), "-c", "2d", "-tr", TRAINER, "-f", "all", "-device", "cpu", "-npp", "0", "-nps",
@@ -95,8 +101,8 @@ def test_predict_region_outputs_as_labels_of_input_geometry(nnunet_env, liver_da
         assert probabilities.shape[0] == 2 and not np.allclose(probabilities.sum(0), 1, atol=1e-3)
 
 
-def test_resume_with_c_continues_from_the_final_checkpoint(nnunet_env, liver_dataset):
-    fold = results_folder(nnunet_env, liver_dataset, TRAINER, "2d") / "fold_all"
+def test_resume_with_c_continues_from_the_final_checkpoint(nnunet_env, trained_fold):
+    fold = trained_fold
     (fold / "validation" / "summary.json").unlink()
     logs_before = set(fold.glob("training_log_*.txt"))
     run_command(["nnUNetv2_train", str(DATASET_ID), "2d", "all", "-tr", TRAINER, "-device", "cpu", "--c"],
