@@ -288,6 +288,7 @@ def test_two_stage_kidney_model_then_tumour_model_on_a_crop(trained_model, detec
                            "-m", str(model), "--kidney-model", str(model), "--crop-margin-mm", "2", "-device", "cpu",
                            "--disable_tta", *LOOSE], env, monkeypatch, capsys)
     assert code == 0, error
+    assert error.count("100%|") >= 2, error  # nnU-Net's sliding-window progress, for both models' predictions
     report = json.loads((tmp_path / "out" / "case_002" / "report.json").read_text())
     assert report["kidney_model"]["folder"] == str(model) and report["prediction"]["crop_margin_mm"] == 2
 
