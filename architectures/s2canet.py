@@ -30,7 +30,7 @@ from .blocks import AttentionGate, AttentiveDeformableConv, ChannelGate, Instanc
 from .blocks import depthwise_conv
 from .blocks.checkpointing import checkpointed
 from .blocks.ops import crop_to_size, deep_supervision_scales, downsampled_size, pad_to_size
-from .weight_conversion import RenameRule, rename_keys
+from .weight_conversion import BATCH_NORM_ENTRIES, RenameRule, rename_keys
 
 Size3D = tuple[int, int, int]
 
@@ -780,13 +780,12 @@ def _original_s2canet_rules() -> list[RenameRule]:
     rules += _res_block_rules("conv3_1", "decoder.bottom_block") + _former_rules("former3_1", "decoder.bottom_former")
     rules += _former_rules("former2_1", "decoder.formers.2")
     # AttentionGate(g, x) gates x: W_x acts on the gated skip (our θ), W_g on the coarser gate signal (our φ)
-    norm_entries = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
     for index, (coarser, level) in enumerate(((3, 2), (2, 1), (1, 0))):
         rules += _res_block_rules(f"conv{level}_1", f"decoder.blocks.{index}")
         for branch, name in (("W_x", "theta"), ("W_g", "phi"), ("psi.0", "psi")):
             gate = rf"gate{coarser}_{level}\.{re.escape(branch)}"
             rules += [(rf"{gate}\.conv\.weight", f"decoder.gates.{index}.{name}.weight"),
-                      (rf"{gate}\.norm\.{norm_entries}", rf"decoder.gates.{index}.{name}_norm.\1")]
+                      (rf"{gate}\.norm\.{BATCH_NORM_ENTRIES}", rf"decoder.gates.{index}.{name}_norm.\1")]
     return rules + [(r"convds(\d)\.(weight|bias)", r"decoder.heads.\1.\2")]
 
 
