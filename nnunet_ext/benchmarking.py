@@ -788,39 +788,3 @@ def run_benchmark(dataset: str, configurations: list[str], trainers: list[str], 
     print(text)
     print(f"Wrote {output / 'benchmark.md'}, benchmark.csv, benchmark_cases.csv and benchmark.png")
     return output
-
-
-def configure_parser(parser) -> None:
-    """The arguments of ``nnunet-ext benchmark`` (an argparse sub-parser)."""
-    from nnunetv2.configuration import default_num_processes
-
-    parser.add_argument("-d", dest="dataset", required=True, help="dataset id or name")
-    parser.add_argument("-c", dest="configurations", nargs="+", required=True, help="configuration(s)")
-    parser.add_argument("-tr", dest="trainers", nargs="+", required=True, help="trainer names (ours or nnU-Net's)")
-    parser.add_argument("-p", dest="plans", default=None,
-                        help="plans identifier (default: the one the results use; several are refused)")
-    parser.add_argument("-o", dest="output", required=True, help="output folder for benchmark.md/.csv/.png")
-    parser.add_argument("-f", dest="folds", nargs="+", default=list(ALL_FOLDS), help="folds to include")
-    parser.add_argument("--reference", default=None,
-                        help=f"trainer the others are compared with (default: {DEFAULT_REFERENCE}, if it has results)")
-    parser.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM,
-                        help=f"NSD tolerance in mm (default {DEFAULT_NSD_TOLERANCE_MM:g})")
-    parser.add_argument("--surface-definition", choices=SURFACE_DEFINITIONS, default=DEFAULT_SURFACE_DEFINITION,
-                        help="surfaces for HD95 and NSD: 'element' (default), the area-weighted surface elements "
-                             "on the voxel faces of Nikolov et al. and DeepMind's surface-distance (the published "
-                             "figures); "
-                             "'voxel', the boundary voxels, each weighted 1 (MONAI's default)")
-    parser.add_argument("--ensemble", action="store_true",
-                        help="also run nnU-Net's find_best_configuration (best single model or ensemble)")
-    parser.add_argument("-np", dest="processes", type=int, default=default_num_processes,
-                        help="processes measuring the cases, and for --ensemble's nnUNetv2_find_best_configuration "
-                             f"(default: nnU-Net's, {default_num_processes}; environment variable nnUNet_def_n_proc)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the benchmark files in the -o folder")
-    parser.set_defaults(func=command)
-
-
-def command(args) -> None:
-    run_benchmark(args.dataset, args.configurations, args.trainers, args.output, plans=args.plans,
-                  reference=args.reference, folds=args.folds, tolerance_mm=args.nsd_tolerance,
-                  ensemble=args.ensemble, processes=args.processes, overwrite=args.overwrite,
-                  definition=args.surface_definition)

@@ -1,4 +1,4 @@
-"""``nnunet-ext cv``: run the cross-validation folds of several trainers through nnU-Net's own ``nnUNetv2_train``.
+"""The cross-validation folds of several trainers, run through nnU-Net's own ``nnUNetv2_train`` (``nnunet-ext cv``).
 
 Every (configuration, trainer, fold) is one job. Its state is read from the fold folder that nnU-Net writes, and
 a file counts only if it loads (a checkpoint is checked as ``--c`` checks it, tensors memory-mapped; a summary must
@@ -435,36 +435,3 @@ def write_slurm_script(path: Path, dataset_id: str, plans: str, jobs: list[FoldJ
     path.write_text("\n".join(line for line in lines if line != "") + "\n")
     path.chmod(0o755)
     return path
-
-
-def configure_parser(parser) -> None:
-    """The arguments of ``nnunet-ext cv`` (an argparse sub-parser)."""
-    parser.add_argument("-d", dest="dataset", required=True, help="dataset id or name")
-    parser.add_argument("-c", dest="configurations", nargs="+", required=True, help="configuration(s), e.g. 3d_fullres")
-    parser.add_argument("-tr", dest="trainers", nargs="+", required=True, help="trainer names (ours or nnU-Net's)")
-    parser.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
-    parser.add_argument("-f", dest="folds", nargs="+", default=["0", "1", "2", "3", "4"], help="folds, as nnUNetv2_train's")
-    parser.add_argument("-device", dest="device", choices=("cuda", "cpu", "mps"), default=None,
-                        help="nnUNetv2_train's -device (default: cuda if a GPU is visible, else cpu)")
-    parser.add_argument("--gpus", default=None,
-                        help="comma-separated GPU indices, e.g. 0,1: one fold per GPU at a time")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan (state and command per fold) only")
-    parser.add_argument("--emit-slurm", metavar="FILE", default=None,
-                        help="write a SLURM array script (one unfinished fold per task) instead of running")
-    parser.add_argument("--slurm-time", default="24:00:00", help="#SBATCH --time of each task (default 24:00:00)")
-    parser.add_argument("--slurm-partition", default=None, help="#SBATCH --partition")
-    parser.add_argument("--slurm-cpus", type=int, default=8, help="#SBATCH --cpus-per-task (default 8)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --emit-slurm file")
-    parser.add_argument("--quiet", action="store_true",
-                        help="show only progress lines of nnU-Net's output (the default with several GPUs)")
-    parser.set_defaults(func=command)
-
-
-def command(args) -> None:
-    status = run_cross_validation(
-        args.dataset, args.configurations, args.trainers, args.folds, plans=args.plans, device=args.device,
-        gpus=args.gpus, dry_run=args.dry_run, emit_slurm=args.emit_slurm,
-        slurm_options={"time_limit": args.slurm_time, "partition": args.slurm_partition, "cpus": args.slurm_cpus},
-        verbose=False if args.quiet else None, overwrite=args.overwrite)
-    if status:
-        raise SystemExit(status)

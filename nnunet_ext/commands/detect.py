@@ -1,15 +1,21 @@
-"""Arguments and entry points of ``nnunet-ext detect`` and ``nnunet-ext dicom2nifti``.
-
-Kept apart from ``detection`` so that building the parser of every nnunet-ext command imports no numpy, SimpleITK
-or torch.
-"""
+"""``nnunet-ext detect``: the RCC detection workflow (``nnunet_ext.detection``) on DICOM series or images."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from nnunet_ext.cli import Subcommand
 
-def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
+SUBCOMMAND = Subcommand(
+    "RCC detection: DICOM or images -> kidney and tumour segmentation, per-side verdict",
+    "Segments each case (a DICOM series folder, a folder of such folders, or nnU-Net images) with a trained "
+    "nnU-Net model (a kidney model first, if given, then the tumour model on the kidney's crop), decides per "
+    "side, and writes OUT/<case>/report.json, the segmentation, key-slice PNGs with bounding boxes, and "
+    "OUT/summary.csv. Every case is checked before the first prediction; a rerun adds the cases not done.",
+    (0, 1, 2, 143))
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model (-d/-c/-tr as for nnUNetv2_predict, or -m MODEL_FOLDER)")
     parser.add_argument("-i", dest="input", required=True,
                         help="a DICOM series folder, a folder of such folders (one case each), a folder of images "
@@ -49,7 +55,7 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
                         help="replace the results of cases already in the output folder (default: keep and skip them)")
 
 
-def run_detect(args: argparse.Namespace) -> None:
+def command(args: argparse.Namespace) -> None:
     from nnunet_ext import detection
 
     thresholds = {name: value for name, value in (("kidney_min_ml", args.kidney_min_ml),
@@ -89,24 +95,3 @@ def _folder_spec(folder: str, folds: list[str] | None, checkpoint: str):
         raise FileNotFoundError(f"Model folder {path} does not exist.")
     chosen = tuple(folds) if folds else detection.default_folds(path, checkpoint)
     return detection.ModelSpec(folder=path, folds=chosen, checkpoint=checkpoint)
-
-
-def add_dicom2nifti_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-i", dest="input", required=True,
-                        help="a DICOM series folder, or a folder of such folders (one case each)")
-    parser.add_argument("-o", dest="output", required=True, help="output folder for <case>.nii.gz")
-    parser.add_argument("--series-uid", default=None,
-                        help="the Series Instance UID to read when a folder holds several (default: the largest)")
-    parser.add_argument("--nnunet-names", action="store_true",
-                        help="name the files <case>_0000.nii.gz, ready as nnU-Net input")
-    parser.add_argument("--skip-unreadable", action="store_true",
-                        help="go on without DICOM files that cannot be read (each is named in a warning)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-
-
-def run_dicom2nifti(args: argparse.Namespace) -> None:
-    from nnunet_ext.dicom import dicom_to_nifti
-
-    written = dicom_to_nifti(args.input, args.output, series_uid=args.series_uid, overwrite=args.overwrite,
-                             nnunet_names=args.nnunet_names, skip_unreadable=args.skip_unreadable)
-    print(f"Wrote {len(written)} file(s) to {args.output}")

@@ -1,11 +1,21 @@
-"""``nnunet-ext plan``: its arguments and output. The planner itself is ``nnunet_ext.planning`` (imported only when
-the command runs: it imports nnU-Net)."""
+"""``nnunet-ext plan``: nnU-Net's planning with the trainer's own training memory (``nnunet_ext.planning``)."""
 from __future__ import annotations
 
+import argparse
 import json
 
-def configure_parser(parser) -> None:
-    """The arguments of ``nnunet-ext plan`` (an argparse sub-parser)."""
+from nnunet_ext.cli import Subcommand
+
+SUBCOMMAND = Subcommand(
+    "nnU-Net's planning with the trainer's own training memory",
+    "Runs nnU-Net's ExperimentPlanner for DATASET with the trainer's predicted training-step memory in place of "
+    "PlainConvUNet's heuristic, so that patch and batch size fill -gpu_memory_target for this network. Writes "
+    "nnUNet_preprocessed/<Dataset>/<plans name>.json (reusing nnUNetPlans' preprocessed data; existing plans only "
+    "with --overwrite), and prints the planned patch, batch and predicted memory per configuration and the "
+    "nnUNetv2_train command that uses them.")
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-d", dest="dataset", required=True, help="dataset id or name (its fingerprint must exist)")
     parser.add_argument("-tr", dest="trainer", required=True, help="trainer name (nnunet-ext's or a plug-in's)")
     parser.add_argument("-c", dest="configurations", nargs="+", default=None, choices=("2d", "3d_fullres"),
@@ -19,10 +29,9 @@ def configure_parser(parser) -> None:
     parser.add_argument("-overwrite_plans_name", dest="plans_name", default=None,
                         help="plans identifier (default nnUNetPlans_<network>_<G>G)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing plans of that name")
-    parser.set_defaults(func=command)
 
 
-def command(args) -> None:
+def command(args: argparse.Namespace) -> None:
     from nnunet_ext.planning import format_table, plan
 
     plans_file, plans = plan(args.dataset, args.trainer, args.configurations, args.gpu_memory_target, args.precision,
