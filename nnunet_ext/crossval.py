@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnunet_ext import checks
+from nnunet_ext import checks, datasets
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 # nnU-Net console lines worth showing while several folds run at once
@@ -186,7 +186,7 @@ def plan_jobs(dataset: str, configurations: list[str], trainers: list[str], fold
     from nnunet_ext.catalog import resolve_trainer
 
     paths = checks.require_nnunet_paths()
-    dataset_name = checks.find_dataset(dataset, paths)
+    dataset_name = datasets.dataset_name(dataset)
     folds = parse_folds(folds)
     check_folds_exist(folds, paths["nnUNet_preprocessed"] / dataset_name)
     jobs = []

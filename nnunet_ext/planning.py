@@ -35,7 +35,7 @@ from typing import Literal
 import numpy as np
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
-from nnunet_ext import checks
+from nnunet_ext import checks, datasets
 
 PLANS_KEY = "nnunet_ext"  # the same key as nnunet_ext.trainers.base.PLANS_KEY (checked in the tests)
 PLANNED_CONFIGURATIONS = ("2d", "3d_fullres")
@@ -324,7 +324,7 @@ def plan(dataset: str, trainer_name: str, configurations: list[str] | None = Non
     from nnunet_ext.catalog import resolve_trainer
 
     paths = checks.require_nnunet_paths()
-    dataset_name = checks.find_dataset(dataset, paths)
+    dataset_name = datasets.dataset_name(dataset)
     trainer = resolve_trainer(trainer_name)
     require_memory_model(trainer)
     name = plans_name or default_plans_name(trainer, gpu_memory_target_gb)

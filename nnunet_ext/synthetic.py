@@ -45,6 +45,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from nnunet_ext.datasets import folders_with_id
+
 __all__ = ["make_synthetic_dataset", "find_dataset_folder"]
 
 SPACING_3D_ZYX = (2.5, 0.8, 0.8)
@@ -93,7 +95,7 @@ def find_dataset_folder(dataset_id: int, raw_dir: str | os.PathLike | None = Non
     but unset, or if several folders share the id (nnU-Net itself refuses to run then).
     """
     _check_dataset_id(dataset_id)
-    matches = _folders_with_id(_resolve_raw_dir(raw_dir), dataset_id)
+    matches = folders_with_id(_resolve_raw_dir(raw_dir), dataset_id)
     if len(matches) > 1:
         raise RuntimeError(
             f"Several raw folders share dataset id {dataset_id}: {', '.join(str(m) for m in matches)}. "
@@ -135,7 +137,7 @@ def make_synthetic_dataset(dataset_id: int, *, dim: int = 3, num_cases: int = 10
     name = _check_name(name if name is not None else _default_name(dim, channels, regions))
     root = _resolve_raw_dir(raw_dir)
 
-    existing = _folders_with_id(root, dataset_id)
+    existing = folders_with_id(root, dataset_id)
     if existing and not overwrite:
         raise FileExistsError(
             f"Dataset id {dataset_id} already exists in {root}: {', '.join(e.name for e in existing)}. "
@@ -217,12 +219,6 @@ def _resolve_raw_dir(raw_dir: str | os.PathLike | None) -> pathlib.Path:
         raise RuntimeError(f"{source} ({root}) is a file, not a folder. Point nnUNet_raw at a folder, e.g. "
                            "`export nnUNet_raw=/path/to/nnUNet_raw`.")
     return root
-
-
-def _folders_with_id(root: pathlib.Path, dataset_id: int) -> list[pathlib.Path]:
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.glob(f"Dataset{dataset_id:03d}_*") if p.is_dir())
 
 
 def _write_dataset(folder: pathlib.Path, name: str, num_cases: int, num_test_cases: int, channels: int,

@@ -51,14 +51,14 @@ class CheckReport:
 
 
 def command(args: argparse.Namespace) -> None:
-    from nnunet_ext import checks
+    from nnunet_ext import checks, datasets
     from nnunet_ext.catalog import resolve_trainer
 
     report = CheckReport(args.json)
     paths = checks.require_nnunet_paths()
     report.add("ok", "folders", "nnU-Net folders: " + ", ".join(f"{k}={v}" for k, v in paths.items()),
                **{k: str(v) for k, v in paths.items()})
-    dataset_name = checks.find_dataset(args.dataset, paths)
+    dataset_name = datasets.dataset_name(args.dataset)
     report.add("ok", "dataset", f"dataset {dataset_name}", dataset=dataset_name)
     plans = checks.load_plans(dataset_name, args.plans, args.configuration, paths)
     trainer = resolve_trainer(args.trainer)
