@@ -18,8 +18,8 @@ from helpers import run_command
 from dicom_series import write_series
 
 from nnunet_ext import cli
-from nnunet_ext.detection import (KIDNEY_MIN_ML, TUMOR_MIN_ML, decide_sides, midline_x_mm, picture_size,
-                                  render_side_picture)
+from nnunet_ext.detection.workflow import (KIDNEY_MIN_ML, TUMOR_MIN_ML, decide_sides, midline_x_mm,
+                                           picture_size, render_side_picture)
 
 # ---------------------------------------------------------------------------------------------- hand-made cases
 # A 40 x 20 x 10 grid (x, y, z) of 1 x 1 x 2 mm voxels (0.002 mL); with the identity direction and origin x = -20,
@@ -394,13 +394,14 @@ def test_an_unreadable_slice_stops_a_batch_before_any_prediction(trained_model, 
 
 INTERRUPTED_DETECTION = """
 import os, signal, sys
-from nnunet_ext import cli, detection
+from nnunet_ext import cli
+from nnunet_ext.detection import workflow
 
-publish = detection._publish
+publish = workflow._publish
 def publish_then_stop(staging, target):  # SIGTERM once the first case is complete
     publish(staging, target)
     os.kill(os.getpid(), signal.SIGTERM)
-detection._publish = publish_then_stop
+workflow._publish = publish_then_stop
 sys.exit(cli.main(["detect", *sys.argv[1:]]))
 """
 
