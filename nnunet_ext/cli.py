@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 import textwrap
-from dataclasses import dataclass
+from types import ModuleType
 
 from nnunet_ext import __version__
 
@@ -24,23 +24,13 @@ EXIT_STATUS = {0: "done", 1: "a fold or case failed", 2: "usage or input error (
                     "kept)"}
 
 
-@dataclass(frozen=True)
-class Subcommand:
-    """What ``nnunet-ext NAME --help`` opens with.
-
-    Args:
-        summary: one line, also shown by ``nnunet-ext --help``.
-        description: what the command does and what it writes.
-        exit_statuses: the statuses it can end with, keys of ``EXIT_STATUS``.
-    """
-
-    summary: str
-    description: str
-    exit_statuses: tuple[int, ...] = (0, 2)
-
-    def help_text(self) -> str:
-        statuses = "\n".join(f"  {code:>3}  {EXIT_STATUS[code]}" for code in self.exit_statuses)
-        return f"{self.summary}.\n\n{textwrap.fill(self.description, 100)}\n\nexit status:\n{statuses}"
+def help_text(module: ModuleType) -> tuple[str, str]:
+    """A subcommand module's one-line summary (for ``nnunet-ext --help``) and the text its own ``--help`` opens with:
+    the module docstring (what it does and writes) and its exit statuses (``EXIT_STATUSES``, default 0 and 2)."""
+    summary, _, description = (module.__doc__ or module.__name__).strip().partition("\n\n")  # none under python -OO
+    statuses = "\n".join(f"  {code:>3}  {EXIT_STATUS[code]}" for code in getattr(module, "EXIT_STATUSES", (0, 2)))
+    description = textwrap.fill(" ".join(description.split()), 100)
+    return summary.rstrip("."), f"{summary}\n\n{description}\n\nexit status:\n{statuses}"
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -65,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"nnunet_ext.commands.{name}")
-        subcommand = sub.add_parser(name, help=module.SUBCOMMAND.summary, description=module.SUBCOMMAND.help_text(),
-                                    formatter_class=HelpFormatter)
+        summary, description = help_text(module)
+        subcommand = sub.add_parser(name, help=summary, description=description, formatter_class=HelpFormatter)
         module.configure_parser(subcommand)
         subcommand.set_defaults(func=module.command)
     return parser

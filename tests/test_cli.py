@@ -180,7 +180,7 @@ def test_nnunet_folders_pointing_at_a_file_are_refused(nnunet_env, tmp_path, mon
 def test_every_subcommand_help_says_what_it_does_writes_and_returns():
     import importlib
 
-    from nnunet_ext.cli import SUBCOMMANDS, build_parser
+    from nnunet_ext.cli import SUBCOMMANDS, build_parser, help_text
 
     top = run_command(["nnunet-ext", "--help"], scrubbed_environment()).stdout
     assert "``" not in top and all(name in top for name in SUBCOMMANDS)
@@ -191,7 +191,9 @@ def test_every_subcommand_help_says_what_it_does_writes_and_returns():
         module = importlib.import_module(f"nnunet_ext.commands.{name}")  # each subcommand its module, same name
         text = subparsers[name].format_help()
         description = text.split("\n\n", 1)[1]  # after the usage lines
-        assert description.startswith(module.SUBCOMMAND.summary) and "exit status:" in description
+        summary = help_text(module)[0]  # the docstring's first line
+        assert summary in " ".join(top.split()) and description.startswith(summary + ".\n\n")
+        assert "exit status:" in description
         assert "  2  usage or input error" in description
     cv_help = subparsers["cv"].format_help()
     assert "-f FOLDS" in cv_help and "(default: 0 1 2 3 4)" in cv_help and "(default: nnUNetPlans)" in cv_help

@@ -1,17 +1,13 @@
-"""``nnunet-ext benchmark``: trainers' cross-validation results compared (``nnunet_ext.benchmarking``)."""
+"""Compare trainers' cross-validation results.
+
+Per label or region: Dice (nnU-Net's summary.json), HD95 and normalised surface distance from the saved validation
+predictions; cost (parameters, FLOPs, time per epoch and case); each trainer against --reference (Wilcoxon and
+Holm-adjusted p, bootstrap confidence interval of the Dice difference). Writes OUT/benchmark.md, benchmark.csv,
+benchmark_cases.csv and benchmark.png (--ensemble: adds nnU-Net's find_best_configuration).
+"""
 from __future__ import annotations
 
 import argparse
-
-from nnunet_ext.cli import Subcommand
-
-SUBCOMMAND = Subcommand(
-    "Compare trainers' cross-validation results",
-    "Per label or region: Dice (nnU-Net's summary.json), HD95 and normalised surface distance from the saved "
-    "validation predictions; cost (parameters, FLOPs, time per epoch and case); each trainer against --reference "
-    "(Wilcoxon and Holm-adjusted p, bootstrap confidence interval of the Dice difference). Writes "
-    "OUT/benchmark.md, benchmark.csv, benchmark_cases.csv and benchmark.png (--ensemble: adds nnU-Net's "
-    "find_best_configuration).")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

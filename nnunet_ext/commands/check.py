@@ -1,4 +1,11 @@
-"""``nnunet-ext check``: the preflight checks of ``nnunet_ext.checks``, reported line by line or as JSON."""
+"""Preflight: nnU-Net folders, dataset, plans, trainer vs configuration, memory, input channels.
+
+Checks what a long nnUNetv2_train or nnUNetv2_predict needs, before it starts: the nnU-Net environment variables,
+the dataset and its plans, that the trainer can train and predict the configuration, the trainer's predicted
+training memory at the plan (against -gpu_memory_target and the visible GPU), and with -i that every case of an
+input folder has the model's channels and nnU-Net's file naming. One line per check ('ok', '!!' a problem to fix,
+'--' not checkable), or one JSON object with --json.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,15 +14,6 @@ import math
 from pathlib import Path
 
 from nnunet_ext import discovery
-from nnunet_ext.cli import Subcommand
-
-SUBCOMMAND = Subcommand(
-    "Preflight: nnU-Net folders, dataset, plans, trainer vs configuration, memory, input channels",
-    "Checks what a long nnUNetv2_train or nnUNetv2_predict needs, before it starts: the nnU-Net environment "
-    "variables, the dataset and its plans, that the trainer can train and predict the configuration, the "
-    "trainer's predicted training memory at the plan (against -gpu_memory_target and the visible GPU), and with "
-    "-i that every case of an input folder has the model's channels and nnU-Net's file naming. One line per "
-    "check ('ok', '!!' a problem to fix, '--' not checkable), or one JSON object with --json.")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

@@ -1,17 +1,16 @@
-"""``nnunet-ext cv``: the cross-validation folds of several trainers (``nnunet_ext.crossval``)."""
+"""Run the cross-validation folds of several trainers with nnUNetv2_train.
+
+Each (trainer, fold) runs through nnU-Net's own nnUNetv2_train --npz, so that ensembling works later: finished folds
+are skipped, interrupted ones resumed with --c, trained but unvalidated ones validated with --val; one fold per GPU
+with --gpus. --dry-run prints the plan; --emit-slurm writes a SLURM array script instead. Outputs: nnU-Net's results
+folders, and the state of every fold on the console.
+"""
 from __future__ import annotations
 
 import argparse
 
-from nnunet_ext.cli import Subcommand
 
-SUBCOMMAND = Subcommand(
-    "Run the cross-validation folds of several trainers with nnUNetv2_train",
-    "Each (trainer, fold) runs through nnU-Net's own nnUNetv2_train --npz, so that ensembling works later: "
-    "finished folds are skipped, interrupted ones resumed with --c, trained but unvalidated ones validated with "
-    "--val; one fold per GPU with --gpus. --dry-run prints the plan; --emit-slurm writes a SLURM array script "
-    "instead. Outputs: nnU-Net's results folders, and the state of every fold on the console.",
-    (0, 1, 2, 75))
+EXIT_STATUSES = (0, 1, 2, 75)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

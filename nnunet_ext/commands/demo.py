@@ -1,18 +1,15 @@
-"""``nnunet-ext demo``: synthetic data through nnU-Net's stock commands, one Dice table."""
+"""Synthetic data -> plan -> train -> predict -> Dice table, on CPU.
+
+Every step is a stock nnU-Net command: a synthetic 3D dataset, nnUNetv2_plan_and_preprocess, nnUNetv2_train of each
+trainer's _Demo variant (the same step budget for all), nnUNetv2_predict on the held-out cases and nnU-Net's
+evaluation. Writes WORKDIR/demo_results.md and demo_results.json (Dice per label, training time, parameters per
+trainer) and demo_log.txt; reuses what it trained before. Duration on 2 CPU cores, as the README measures: about 4
+minutes per trainer (the SegFormer3D variant alone: 242 s), 9 more with --baseline; --quick about a minute per
+trainer.
+"""
 from __future__ import annotations
 
 import argparse
-
-from nnunet_ext.cli import Subcommand
-
-SUBCOMMAND = Subcommand(
-    "Synthetic data -> plan -> train -> predict -> Dice table, on CPU",
-    "Every step is a stock nnU-Net command: a synthetic 3D dataset, nnUNetv2_plan_and_preprocess, nnUNetv2_train "
-    "of each trainer's _Demo variant (the same step budget for all), nnUNetv2_predict on the held-out cases and "
-    "nnU-Net's evaluation. Writes WORKDIR/demo_results.md and demo_results.json (Dice per label, training time, "
-    "parameters per trainer) and demo_log.txt; reuses what it trained before. Duration on 2 CPU cores, as the "
-    "README measures: about 4 minutes per trainer (the SegFormer3D variant alone: 242 s), 9 more with "
-    "--baseline; --quick about a minute per trainer.")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

@@ -1,18 +1,17 @@
-"""``nnunet-ext detect``: the RCC detection workflow (``nnunet_ext.detection``) on DICOM series or images."""
+"""RCC detection: DICOM or images -> kidney and tumour segmentation, per-side verdict.
+
+Segments each case (a DICOM series folder, a folder of such folders, or nnU-Net images) with a trained nnU-Net model
+(a kidney model first, if given, then the tumour model on the kidney's crop), decides per side, and writes
+OUT/<case>/report.json, the segmentation, key-slice PNGs with bounding boxes, and OUT/summary.csv. Every case is
+checked before the first prediction; a rerun adds the cases not done.
+"""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from nnunet_ext.cli import Subcommand
 
-SUBCOMMAND = Subcommand(
-    "RCC detection: DICOM or images -> kidney and tumour segmentation, per-side verdict",
-    "Segments each case (a DICOM series folder, a folder of such folders, or nnU-Net images) with a trained "
-    "nnU-Net model (a kidney model first, if given, then the tumour model on the kidney's crop), decides per "
-    "side, and writes OUT/<case>/report.json, the segmentation, key-slice PNGs with bounding boxes, and "
-    "OUT/summary.csv. Every case is checked before the first prediction; a rerun adds the cases not done.",
-    (0, 1, 2, 143))
+EXIT_STATUSES = (0, 1, 2, 143)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

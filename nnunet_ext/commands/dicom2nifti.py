@@ -1,15 +1,15 @@
-"""``nnunet-ext dicom2nifti``: DICOM series to NIfTI files (``nnunet_ext.dicom``)."""
+"""Convert DICOM series (one folder per case) to NIfTI.
+
+Reads each series with SimpleITK in slice order (duplicates, gaps, several series and unreadable files reported) and
+writes OUT/<case>.nii.gz, or <case>_0000.nii.gz with --nnunet-names, ready as nnU-Net input. A file is written under
+its final name only once complete.
+"""
 from __future__ import annotations
 
 import argparse
 
-from nnunet_ext.cli import Subcommand
 
-SUBCOMMAND = Subcommand(
-    "Convert DICOM series (one folder per case) to NIfTI",
-    "Reads each series with SimpleITK in slice order (duplicates, gaps, several series and unreadable files "
-    "reported) and writes OUT/<case>.nii.gz, or <case>_0000.nii.gz with --nnunet-names, ready as nnU-Net input. "
-    "A file is written under its final name only once complete.", (0, 2, 143))
+EXIT_STATUSES = (0, 2, 143)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

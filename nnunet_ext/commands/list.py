@@ -1,4 +1,8 @@
-"""``nnunet-ext list``: the trainers on offer, and whether nnU-Net's commands can find them."""
+"""The trainers, their networks, and whether nnU-Net can see them.
+
+nnunet-ext's trainers, those of plug-in packages and those of the nnUNet_extTrainer folders: source, network,
+dimensionality, configurations, parameters and short variants; --json for a machine-readable list.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,12 +10,6 @@ import dataclasses
 import json
 
 from nnunet_ext import discovery
-from nnunet_ext.cli import Subcommand
-
-SUBCOMMAND = Subcommand(
-    "The trainers, their networks, and whether nnU-Net can see them",
-    "nnunet-ext's trainers, those of plug-in packages and those of the nnUNet_extTrainer folders: source, "
-    "network, dimensionality, configurations, parameters and short variants; --json for a machine-readable list.")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

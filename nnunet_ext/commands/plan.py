@@ -1,18 +1,15 @@
-"""``nnunet-ext plan``: nnU-Net's planning with the trainer's own training memory (``nnunet_ext.planning``)."""
+"""nnU-Net's planning with the trainer's own training memory.
+
+Runs nnU-Net's ExperimentPlanner for DATASET with the trainer's predicted training-step memory in place of
+PlainConvUNet's heuristic, so that patch and batch size fill -gpu_memory_target for this network. Writes
+nnUNet_preprocessed/<Dataset>/<plans name>.json (reusing nnUNetPlans' preprocessed data; existing plans only with
+--overwrite), and prints the planned patch, batch and predicted memory per configuration and the nnUNetv2_train
+command that uses them.
+"""
 from __future__ import annotations
 
 import argparse
 import json
-
-from nnunet_ext.cli import Subcommand
-
-SUBCOMMAND = Subcommand(
-    "nnU-Net's planning with the trainer's own training memory",
-    "Runs nnU-Net's ExperimentPlanner for DATASET with the trainer's predicted training-step memory in place of "
-    "PlainConvUNet's heuristic, so that patch and batch size fill -gpu_memory_target for this network. Writes "
-    "nnUNet_preprocessed/<Dataset>/<plans name>.json (reusing nnUNetPlans' preprocessed data; existing plans only "
-    "with --overwrite), and prints the planned patch, batch and predicted memory per configuration and the "
-    "nnUNetv2_train command that uses them.")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

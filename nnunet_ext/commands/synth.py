@@ -1,15 +1,12 @@
-"""``nnunet-ext synth``: a synthetic nnU-Net raw dataset."""
+"""Write a synthetic nnU-Net raw dataset (organs with tumours) to $nnUNet_raw.
+
+Organ-like blobs with tumour-like inclusions, 2D or 3D, one channel (CT-like) or several (MRI-like), labels or
+regions, in nnU-Net v2's raw format: $nnUNet_raw/DatasetXXX_Synth*/ with imagesTr, labelsTr, imagesTs, labelsTs and
+dataset.json. Prints the planning command to run next.
+"""
 from __future__ import annotations
 
 import argparse
-
-from nnunet_ext.cli import Subcommand
-
-SUBCOMMAND = Subcommand(
-    "Write a synthetic nnU-Net raw dataset (organs with tumours) to $nnUNet_raw",
-    "Organ-like blobs with tumour-like inclusions, 2D or 3D, one channel (CT-like) or several (MRI-like), labels "
-    "or regions, in nnU-Net v2's raw format: $nnUNet_raw/DatasetXXX_Synth*/ with imagesTr, labelsTr, imagesTs, "
-    "labelsTs and dataset.json. Prints the planning command to run next.")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
