@@ -19,7 +19,7 @@ from dicom_series import write_series
 
 from nnunet_ext import cli
 from nnunet_ext.detection.decision import KIDNEY_MIN_ML, TUMOR_MIN_ML, decide_sides, midline_x_mm
-from nnunet_ext.detection.workflow import picture_size, render_side_picture
+from nnunet_ext.detection.pictures import picture_size, render_side_picture
 
 # ---------------------------------------------------------------------------------------------- hand-made cases
 # A 40 x 20 x 10 grid (x, y, z) of 1 x 1 x 2 mm voxels (0.002 mL); with the identity direction and origin x = -20,
