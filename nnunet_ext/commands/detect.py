@@ -76,21 +76,21 @@ def _default_device() -> str:
 
 def _model_spec(args: argparse.Namespace):
     """The main model from -m, or from -d/-c/-tr/-p under $nnUNet_results."""
-    from nnunet_ext.detection import workflow
+    from nnunet_ext.detection import models
 
     if args.model_folder is not None:
         return _folder_spec(args.model_folder, args.folds, args.checkpoint)
     if args.dataset is None:
         raise ValueError("Name the model: -d DATASET [-c CONFIGURATION -tr TRAINER -p PLANS], or -m MODEL_FOLDER.")
-    folder = workflow.resolve_model_folder(args.dataset, args.configuration, args.trainer, args.plans)
+    folder = models.resolve_model_folder(args.dataset, args.configuration, args.trainer, args.plans)
     return _folder_spec(str(folder), args.folds, args.checkpoint)
 
 
 def _folder_spec(folder: str, folds: list[str] | None, checkpoint: str):
-    from nnunet_ext.detection import workflow
+    from nnunet_ext.detection import models
 
     path = Path(folder)
     if not path.is_dir():
         raise FileNotFoundError(f"Model folder {path} does not exist.")
-    chosen = tuple(folds) if folds else workflow.default_folds(path, checkpoint)
-    return workflow.ModelSpec(folder=path, folds=chosen, checkpoint=checkpoint)
+    chosen = tuple(folds) if folds else models.default_folds(path, checkpoint)
+    return models.ModelSpec(folder=path, folds=chosen, checkpoint=checkpoint)
