@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from helpers import run_command, scrubbed_environment
 from dicom_series import INTERCEPT, SLOPE, hu_phantom, stored_pixels, write_series
 
-from nnunet_ext.detection.workflow import collect_cases, load_case
+from nnunet_ext.detection.cases import collect_cases, load_case
 from nnunet_ext.dicom import (DicomError, OutputFolderError, _quiet_itk, dicom_to_nifti, find_dicom_cases,
                               read_dicom_series)
 
