@@ -55,17 +55,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> None:
-    from nnunet_ext.detection import workflow
+    from nnunet_ext.detection.settings import DetectionSettings
+    from nnunet_ext.detection.workflow import run_detection
 
     thresholds = {name: value for name, value in (("kidney_min_ml", args.kidney_min_ml),
                                                   ("tumor_min_ml", args.tumor_min_ml)) if value is not None}
-    settings = workflow.DetectionSettings(
+    settings = DetectionSettings(
         model=_model_spec(args),
         kidney_model=_folder_spec(args.kidney_model, args.kidney_folds, args.checkpoint) if args.kidney_model else None,
         kidney_label=args.kidney_label, tumor_label=args.tumor_label, device=args.device or _default_device(),
         use_mirroring=not args.disable_tta, series_uid=args.series_uid, crop_margin_mm=args.crop_margin_mm,
         overwrite=args.overwrite, skip_unreadable=args.skip_unreadable, **thresholds)
-    workflow.run_detection(args.input, args.output, settings)
+    run_detection(args.input, args.output, settings)
 
 
 def _default_device() -> str:
@@ -76,21 +77,21 @@ def _default_device() -> str:
 
 def _model_spec(args: argparse.Namespace):
     """The main model from -m, or from -d/-c/-tr/-p under $nnUNet_results."""
-    from nnunet_ext.detection import models
+    from nnunet_ext.detection.models import resolve_model_folder
 
     if args.model_folder is not None:
         return _folder_spec(args.model_folder, args.folds, args.checkpoint)
     if args.dataset is None:
         raise ValueError("Name the model: -d DATASET [-c CONFIGURATION -tr TRAINER -p PLANS], or -m MODEL_FOLDER.")
-    folder = models.resolve_model_folder(args.dataset, args.configuration, args.trainer, args.plans)
+    folder = resolve_model_folder(args.dataset, args.configuration, args.trainer, args.plans)
     return _folder_spec(str(folder), args.folds, args.checkpoint)
 
 
 def _folder_spec(folder: str, folds: list[str] | None, checkpoint: str):
-    from nnunet_ext.detection import models
+    from nnunet_ext.detection.models import ModelSpec, default_folds
 
     path = Path(folder)
     if not path.is_dir():
         raise FileNotFoundError(f"Model folder {path} does not exist.")
-    chosen = tuple(folds) if folds else models.default_folds(path, checkpoint)
-    return models.ModelSpec(folder=path, folds=chosen, checkpoint=checkpoint)
+    chosen = tuple(folds) if folds else default_folds(path, checkpoint)
+    return ModelSpec(folder=path, folds=chosen, checkpoint=checkpoint)

@@ -36,7 +36,6 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,40 +43,19 @@ import SimpleITK as sitk
 
 from nnunet_ext import dicom
 from nnunet_ext.detection.cases import DetectionCase, collect_cases, load_case
-from nnunet_ext.detection.decision import (KIDNEY, KIDNEY_MIN_ML, SIDES, THRESHOLD_DERIVATION, TUMOR, TUMOR_MIN_ML,
-                                           SideResult, decide_sides, midline_x_mm, voxel_volume_ml)
-from nnunet_ext.detection.models import ModelInfo, ModelSpec, check_model, make_predictor, predict
+from nnunet_ext.detection.decision import (KIDNEY, SIDES, THRESHOLD_DERIVATION, TUMOR, SideResult, decide_sides,
+                                           midline_x_mm, voxel_volume_ml)
+from nnunet_ext.detection.models import ModelInfo, check_model, make_predictor, predict
 from nnunet_ext.detection.pictures import render_side_picture
+from nnunet_ext.detection.settings import DetectionSettings, check_settings
 
-__all__ = ["DetectionSettings", "run_detection"]
+__all__ = ["run_detection"]
 
-# In the two-stage setup the tumour model sees the kidneys' bounding box plus this margin.
-DEFAULT_CROP_MARGIN_MM = 20.0
 SEGMENTATION_FILE = "segmentation.nii.gz"
 REPORT_FILE = "report.json"
 SUMMARY_FILE = "summary.csv"
 SUMMARY_COLUMNS = ("case", "side", "verdict", "kidney_ml", "kidney_present", "lesions", "largest_lesion_ml",
                    "total_lesion_ml", "max_mean_probability", "picture")
-
-
-# ----------------------------------------------------------------------------------------------- the workflow
-
-@dataclass
-class DetectionSettings:
-    """Everything ``run_detection`` needs besides the input and output folders."""
-
-    model: ModelSpec
-    kidney_model: ModelSpec | None = None
-    kidney_label: int = 1
-    tumor_label: int = 2
-    kidney_min_ml: float = KIDNEY_MIN_ML
-    tumor_min_ml: float = TUMOR_MIN_ML
-    device: str = "cpu"
-    use_mirroring: bool = True
-    series_uid: str | None = None
-    crop_margin_mm: float = DEFAULT_CROP_MARGIN_MM
-    overwrite: bool = False
-    skip_unreadable: bool = False
 
 
 def run_detection(input_path: str | os.PathLike, output_dir: str | os.PathLike, settings: DetectionSettings,
@@ -87,7 +65,7 @@ def run_detection(input_path: str | os.PathLike, output_dir: str | os.PathLike, 
     first prediction. Cases that already have results are kept and skipped unless ``settings.overwrite``, so a rerun
     adds what an interrupted or failed run left out; summary.csv lists every finished case whatever happens."""
     output_dir = Path(output_dir)
-    _check_settings(settings)
+    check_settings(settings)
     if settings.kidney_model is None:
         if settings.kidney_label == settings.tumor_label:
             raise ValueError(f"--kidney-label and --tumor-label are both {settings.kidney_label}; one model needs a "
@@ -124,20 +102,6 @@ def run_detection(input_path: str | os.PathLike, output_dir: str | os.PathLike, 
                 "case(s) in all)" + (f"; {len(missing)} case(s) not done: run the same command again to add them "
                                      "(finished cases are kept)" if missing else ""))
     return rows
-
-
-def _check_settings(settings: DetectionSettings) -> None:
-    import torch
-
-    for option, value, unit in (("--kidney-min-ml", settings.kidney_min_ml, "a volume in mL"),
-                                ("--tumor-min-ml", settings.tumor_min_ml, "a volume in mL"),
-                                ("--crop-margin-mm", settings.crop_margin_mm, "a distance in mm")):
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{option} {value}: give a finite number >= 0 ({unit}).")
-    if settings.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("-device cuda, but torch sees no CUDA device; use -device cpu.")
-    if settings.device == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError("-device mps, but torch sees no MPS device; use -device cpu.")
 
 
 def _cases_to_run(output_dir: Path, cases: list[DetectionCase], overwrite: bool,
