@@ -397,11 +397,11 @@ import os, signal, sys
 from nnunet_ext import cli
 from nnunet_ext.detection import workflow
 
-publish = workflow._publish
+publish = workflow.publish_case
 def publish_then_stop(staging, target):  # SIGTERM once the first case is complete
     publish(staging, target)
     os.kill(os.getpid(), signal.SIGTERM)
-workflow._publish = publish_then_stop
+workflow.publish_case = publish_then_stop
 sys.exit(cli.main(["detect", *sys.argv[1:]]))
 """
 

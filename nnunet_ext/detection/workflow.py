@@ -15,10 +15,9 @@ the most tumour. What differs from that notebook, and why:
 
 Outputs, in ``OUT/<case>/``: ``segmentation.nii.gz`` (0 background, 1 kidney, 2 tumour; the input's geometry),
 ``report.json`` and ``<case>_<side>.png`` for each side with a lesion; ``OUT/summary.csv`` has one row per case and
-side, for every case folder in OUT. Each case is written to a hidden staging folder and moved in when complete
-(report.json last), so a crash never leaves a case folder that looks finished; ``--overwrite`` replaces only these
-files, never other files in a case folder. A rerun keeps the cases that have results and adds the others, and
-summary.csv is rewritten even when a run fails or is interrupted (Ctrl-C, SIGTERM).
+side, for every case folder in OUT. Each case is staged and moved in when complete (``nnunet_ext.detection.outputs``).
+A rerun keeps the cases that have results and adds the others, and summary.csv is rewritten even when a run fails or
+is interrupted (Ctrl-C, SIGTERM).
 
 Every check runs before the first prediction: thresholds (finite, >= 0), models, every input case from its
 headers (3D and scalar, the model's channels on one grid, DICOM files readable, one series chosen without a tie)
@@ -32,9 +31,7 @@ import json
 import math
 import os
 import platform
-import shutil
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,14 +43,13 @@ from nnunet_ext.detection.cases import DetectionCase, collect_cases, load_case
 from nnunet_ext.detection.decision import (KIDNEY, SIDES, THRESHOLD_DERIVATION, TUMOR, SideResult, decide_sides,
                                            midline_x_mm, voxel_volume_ml)
 from nnunet_ext.detection.models import ModelInfo, check_model, make_predictor, predict
+from nnunet_ext.detection.outputs import (REPORT_FILE, SEGMENTATION_FILE, SUMMARY_FILE, cases_to_run, publish_case,
+                                          staged_case_folder)
 from nnunet_ext.detection.pictures import render_side_picture
 from nnunet_ext.detection.settings import DetectionSettings, check_settings
 
 __all__ = ["run_detection"]
 
-SEGMENTATION_FILE = "segmentation.nii.gz"
-REPORT_FILE = "report.json"
-SUMMARY_FILE = "summary.csv"
 SUMMARY_COLUMNS = ("case", "side", "verdict", "kidney_ml", "kidney_present", "lesions", "largest_lesion_ml",
                    "total_lesion_ml", "max_mean_probability", "picture")
 
@@ -80,7 +76,7 @@ def run_detection(input_path: str | os.PathLike, output_dir: str | os.PathLike, 
                              f"{tumor_model.num_channels}; both must read the same images.")
     cases = collect_cases(input_path, tumor_model.num_channels, tumor_model.file_ending, settings.series_uid,
                           settings.skip_unreadable)
-    todo = _cases_to_run(output_dir, cases, settings.overwrite, log)
+    todo = cases_to_run(output_dir, cases, settings.overwrite, log)
     dicom.require_writable_folder(output_dir)
     with dicom.stop_signals_raise():
         try:
@@ -102,22 +98,6 @@ def run_detection(input_path: str | os.PathLike, output_dir: str | os.PathLike, 
                 "case(s) in all)" + (f"; {len(missing)} case(s) not done: run the same command again to add them "
                                      "(finished cases are kept)" if missing else ""))
     return rows
-
-
-def _cases_to_run(output_dir: Path, cases: list[DetectionCase], overwrite: bool,
-                  log: Callable[[str], None]) -> list[DetectionCase]:
-    """The cases to predict: without ``overwrite`` those with results (a report.json) are kept and skipped."""
-    for case in cases:
-        folder = output_dir / case.name
-        if folder.exists() and not folder.is_dir():
-            raise FileExistsError(f"{folder} is a file, where detect writes case {case.name}'s folder. Move it, or "
-                                  "choose another output folder.")
-    done = [case for case in cases if (output_dir / case.name / REPORT_FILE).is_file()]
-    if not done or overwrite:
-        return cases
-    log(f"{len(done)} of {len(cases)} case(s) already have results in {output_dir}, kept and skipped: "
-        f"{', '.join(c.name for c in done[:5])}{' ...' if len(done) > 5 else ''}. Pass --overwrite to replace them.")
-    return [case for case in cases if case not in done]
 
 
 def _segment(images: list[sitk.Image], settings: DetectionSettings, tumor_model: ModelInfo,
@@ -163,9 +143,7 @@ def _detect_case(case: DetectionCase, output_dir: Path, settings: DetectionSetti
                                      tumor_min_ml=settings.tumor_min_ml, midline=midline,
                                      tumor_probability=probability)
 
-    staging = output_dir / f".{case.name}.incomplete-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with staged_case_folder(output_dir, case.name) as staging:
         label_image = sitk.GetImageFromArray(labels)
         label_image.CopyInformation(reference)
         sitk.WriteImage(label_image, str(staging / SEGMENTATION_FILE), useCompression=True)
@@ -184,30 +162,8 @@ def _detect_case(case: DetectionCase, output_dir: Path, settings: DetectionSetti
         report = _report(case, input_info, reference, settings, tumor_model, kidney_model, midline,
                          midline_method, sides)
         (staging / REPORT_FILE).write_text(json.dumps(report, indent=2))
-        _publish(staging, output_dir / case.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        publish_case(staging, output_dir / case.name)
     return report
-
-
-def _publish(staging: Path, target: Path) -> None:
-    """Move the complete staging folder's files into ``target``, replacing only what detect writes there: other
-    files of the folder stay. report.json goes first and comes back last, so a folder without it is unfinished."""
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    if (target / REPORT_FILE).exists():
-        os.remove(target / REPORT_FILE)
-    new = {file.name for file in staging.iterdir()}
-    for old in target.iterdir():
-        if old.name not in new and old.is_file() and _written_by_detect(old.name, target.name):
-            os.remove(old)  # a picture of a side that has no lesion now
-    for name in sorted(new - {REPORT_FILE}) + [REPORT_FILE]:
-        os.replace(staging / name, target / name)
-
-
-def _written_by_detect(name: str, case: str) -> bool:
-    return name in (SEGMENTATION_FILE, REPORT_FILE) or name in (f"{case}_{side}.png" for side in SIDES)
 
 
 def _report(case: DetectionCase, input_info: dict, reference: sitk.Image, settings: DetectionSettings,
