@@ -140,4 +140,3 @@ def load_case(case: DetectionCase, log: Callable[[str], None] = print) -> tuple[
     _check_volume(f"Case {case.name}", images[0].GetDimension(), images[0].GetSize(),
                   images[0].GetNumberOfComponentsPerPixel())
     return images, info
-

@@ -182,4 +182,3 @@ def _describe_lesion(number: int, box: tuple[slice, ...], components: np.ndarray
         touches_kidney=touches,
         mean_probability=None if mean_probability is None else round(mean_probability, 4),
     )
-

@@ -148,4 +148,3 @@ def predict(predictor, channels: np.ndarray, spacing_zyx: list[float], probabili
         return np.asarray(result), None
     segmentation, probabilities = result
     return np.asarray(segmentation), np.asarray(probabilities[probability_channel], dtype=np.float32)
-

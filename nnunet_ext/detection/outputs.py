@@ -68,4 +68,3 @@ def publish_case(staging: Path, target: Path) -> None:
 
 def _written_by_detect(name: str, case: str) -> bool:
     return name in (SEGMENTATION_FILE, REPORT_FILE) or name in (f"{case}_{side}.png" for side in SIDES)
-

@@ -90,4 +90,3 @@ def _upscale(mask: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def _outline(mask: np.ndarray, width: int) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, iterations=width, border_value=0)
-

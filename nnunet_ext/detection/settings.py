@@ -44,4 +44,3 @@ def check_settings(settings: DetectionSettings) -> None:
         raise RuntimeError("-device cuda, but torch sees no CUDA device; use -device cpu.")
     if settings.device == "mps" and not torch.backends.mps.is_available():
         raise RuntimeError("-device mps, but torch sees no MPS device; use -device cpu.")
-
