@@ -15,8 +15,8 @@ import subprocess
 import warnings
 from pathlib import Path
 
-from nnunet_ext import benchmarking
 from nnunet_ext.architectures.profiling import count_parameters
+from nnunet_ext.benchmarking.evaluation import label_names
 from nnunet_ext.catalog import UnknownTrainerError, resolve_trainer, supported_configurations
 from nnunet_ext.checks import NNUNET_PATH_VARIABLES
 from nnunet_ext.crossval import console_script
@@ -175,8 +175,8 @@ def run_demo(workdir: str | os.PathLike = "nnunet_ext_demo", quick: bool = False
                                    str(results_folder / "dataset.json"), str(results_folder / "plans.json"),
                                    str(predictions / "summary.json"), num_processes=1)
         summary = json.loads((predictions / "summary.json").read_text())
-        label_names = benchmarking.label_names(json.loads((results_folder / "dataset.json").read_text()))
-        dice = {label_names.get(key, key): metrics["Dice"] for key, metrics in summary["mean"].items()}
+        names = label_names(json.loads((results_folder / "dataset.json").read_text()))
+        dice = {names.get(key, key): metrics["Dice"] for key, metrics in summary["mean"].items()}
         results.append(DemoResult(full_name, dice, _training_seconds(results_folder / f"fold_{FOLD}"),
                                   _parameters(results_folder)))
 

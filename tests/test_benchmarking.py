@@ -16,7 +16,9 @@ from scipy.stats import wilcoxon
 from helpers import run_command
 from surface_reference import monai_hd95_nsd
 
-from nnunet_ext import benchmarking, cli
+from nnunet_ext import cli
+from nnunet_ext.benchmarking.evaluation import label_names
+from nnunet_ext.benchmarking.statistics import bootstrap_interval
 from nnunet_ext.surface_metrics import surface_metrics
 
 pytest_plugins = ("cv_training",)  # the session's trained folds (not imported here: the plug-in gets assert rewriting)
@@ -139,7 +141,7 @@ def test_wilcoxon_and_rank_biserial_against_the_reference(cv_trained, benchmark)
     expected_r = 4 * positive_rank_sum / (nonzero * (nonzero + 1)) - 1
     assert float(row["rank_biserial"]) == pytest.approx(expected_r, abs=1e-9)
     assert float(row["wilcoxon_p_holm"]) == pytest.approx(float(row["wilcoxon_p"]))  # one comparison: unadjusted
-    interval = benchmarking.bootstrap_interval(differences)
+    interval = bootstrap_interval(differences)
     assert (float(row["dice_difference_ci_low"]), float(row["dice_difference_ci_high"])) == pytest.approx(interval)
     assert rows[REFERENCE, "mean"]["reference"] == "reference"
 
@@ -230,8 +232,8 @@ def test_results_folder_of_another_dataset_is_refused(cv_trained, capsys, monkey
 def test_label_names_use_nnunets_keys_for_labels_and_regions():
     from nnunetv2.evaluation.evaluate_predictions import key_to_label_or_region
 
-    assert benchmarking.label_names({"labels": {"background": 0, "organ": 1, "tumour": 2, "ignore": 3}}) == {
+    assert label_names({"labels": {"background": 0, "organ": 1, "tumour": 2, "ignore": 3}}) == {
         "1": "organ", "2": "tumour"}
-    regions = benchmarking.label_names({"labels": {"background": 0, "organ": [1, 2], "tumour": [2]}})
+    regions = label_names({"labels": {"background": 0, "organ": [1, 2], "tumour": [2]}})
     assert regions == {"(1, 2)": "organ", "(2,)": "tumour"}
     assert [key_to_label_or_region(k) for k in regions] == [(1, 2), (2,)]

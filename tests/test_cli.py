@@ -112,7 +112,7 @@ def test_label_names_use_the_keys_nnunets_evaluation_writes_for_labels_and_regio
     from nnunetv2.evaluation.evaluate_predictions import label_or_region_to_key
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
-    from nnunet_ext.benchmarking import label_names
+    from nnunet_ext.benchmarking.evaluation import label_names
 
     regions = {"labels": {"background": 0, "organ": [1, 2], "tumour": [2]}, "regions_class_order": [1, 2]}
     labels = {"labels": {"background": 0, "organ": 1, "tumour": 2, "ignore": 3}}

@@ -13,7 +13,9 @@ import argparse
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     from nnunetv2.configuration import default_num_processes
 
-    from nnunet_ext.benchmarking import ALL_FOLDS, DEFAULT_NSD_TOLERANCE_MM, DEFAULT_REFERENCE
+    from nnunet_ext.benchmarking.evaluation import DEFAULT_NSD_TOLERANCE_MM
+    from nnunet_ext.benchmarking.results import ALL_FOLDS
+    from nnunet_ext.benchmarking.run import DEFAULT_REFERENCE
     from nnunet_ext.surface_metrics import DEFAULT_SURFACE_DEFINITION, SURFACE_DEFINITIONS
 
     parser.add_argument("-d", dest="dataset", required=True, help="dataset id or name")
@@ -41,7 +43,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> None:
-    from nnunet_ext.benchmarking import run_benchmark
+    from nnunet_ext.benchmarking.run import run_benchmark
 
     run_benchmark(args.dataset, args.configurations, args.trainers, args.output, plans=args.plans,
                   reference=args.reference, folds=args.folds, tolerance_mm=args.nsd_tolerance,
