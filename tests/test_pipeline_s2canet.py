@@ -1,7 +1,7 @@
 """S2CA-Net through nnU-Net's own console scripts on a BraTS-like 4-channel dataset with region labels: plan ->
 train fold all -> predict -> resume, the recipe (Adam, warm-up/constant/cosine, the original's deep-supervision
-weights), the patch adjustment, and the clear errors for a 2D configuration and a too-small patch. The tests of
-this module build on each other in file order."""
+weights), the patch adjustment, and the clear errors for a 2D configuration and a too-small patch. The trained
+fold is a module fixture (trained once, by the first test that needs it), so each test also runs alone."""
 import json
 import math
 import shutil
@@ -35,6 +35,14 @@ def brats_like_dataset(nnunet_env) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def trained_fold(nnunet_env, brats_like_dataset) -> Path:
+    """The smoke trainer's fold 'all', trained with the stock nnUNetv2_train; its results folder."""
+    run_command(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "all", "-tr", TRAINER, "-device", "cpu"],
+                {**nnunet_env, "nnUNet_n_proc_DA": "0"})
+    return results_folder(nnunet_env, brats_like_dataset, TRAINER, "3d_fullres") / "fold_all"
+
+
 def _write_plans_variant(env, dataset_folder: Path, name: str, patch: list[int]) -> None:
     """A copy of the planned nnUNetPlans.json whose 3d_fullres patch is ``patch`` (same preprocessed data)."""
     preprocessed = Path(env["nnUNet_preprocessed"]) / dataset_folder.name
@@ -66,11 +74,9 @@ def test_2d_configuration_and_too_small_patch_are_refused_before_anything_is_wri
     assert not results_folder(nnunet_env, brats_like_dataset, TRAINER, "3d_fullres", "nnUNetPlansTiny").exists()
 
 
-def test_train_fold_all_with_regions(nnunet_env, brats_like_dataset):
-    run_command(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "all", "-tr", TRAINER, "-device", "cpu"],
-                {**nnunet_env, "nnUNet_n_proc_DA": "0"})
-    results = results_folder(nnunet_env, brats_like_dataset, TRAINER, "3d_fullres")
-    fold = results / "fold_all"
+def test_train_fold_all_with_regions(trained_fold):
+    fold = trained_fold
+    results = fold.parent
     assert (fold / "checkpoint_final.pth").is_file()
     trained_patch = json.loads((results / "plans.json").read_text())["configurations"]["3d_fullres"]["patch_size"]
     assert trained_patch == list(SHAPE)
@@ -123,7 +129,7 @@ def test_planned_patch_is_rounded_to_multiples_of_8_and_logged(nnunet_env, brats
     shutil.rmtree(results_folder(nnunet_env, brats_like_dataset, TRAINER, "3d_fullres", "nnUNetPlansOdd"))
 
 
-def test_predict_region_outputs_as_labels_of_input_geometry(nnunet_env, brats_like_dataset, tmp_path):
+def test_predict_region_outputs_as_labels_of_input_geometry(nnunet_env, brats_like_dataset, trained_fold, tmp_path):
     output = tmp_path / "predictions"
     run_command(["nnUNetv2_predict", "-i", str(brats_like_dataset / "imagesTs"), "-o", str(output), "-d",
                  str(DATASET_ID), "-c", "3d_fullres", "-tr", TRAINER, "-f", "all", "-device", "cpu", "-npp", "0",
@@ -135,12 +141,15 @@ def test_predict_region_outputs_as_labels_of_input_geometry(nnunet_env, brats_li
         expected = sitk.ReadImage(str(reference))
         assert prediction.GetSize() == expected.GetSize() == SHAPE[::-1]
         assert np.allclose(prediction.GetSpacing(), expected.GetSpacing())
+        assert np.allclose(prediction.GetOrigin(), expected.GetOrigin())
+        assert np.allclose(prediction.GetDirection(), expected.GetDirection())
         assert set(np.unique(sitk.GetArrayFromImage(prediction))) <= {0, 1, 2}
 
 
-def test_resume_with_c(nnunet_env, brats_like_dataset):
-    fold = results_folder(nnunet_env, brats_like_dataset, TRAINER, "3d_fullres") / "fold_all"
+def test_resume_with_c(nnunet_env, trained_fold):
+    fold = trained_fold
     finished = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    (fold / "validation" / "summary.json").unlink()  # the one checked below is the resumed run's
     logs_before = set(fold.glob("training_log_*.txt"))
     run_command(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "all", "-tr", TRAINER, "-device", "cpu", "--c"],
                 {**nnunet_env, "nnUNet_n_proc_DA": "0"})
