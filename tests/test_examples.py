@@ -6,9 +6,11 @@ single-threaded work, so on two cores this takes about half the time of running 
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import run_command, scrubbed_environment
@@ -61,6 +63,85 @@ def test_example_compares_with_nnunet_default_and_predicts_the_test_set(name, ex
     assert "find_best_configuration" in table
     assert (out / "benchmark" / "benchmark.png").read_bytes().startswith(b"\x89PNG")
     assert len(list((out / "predictions").glob("*.nii.gz"))) == 2  # the synthetic data's two test cases
+
+
+def _markdown_table(text: str, heading: str) -> list[dict[str, str]]:
+    """The rows of the first table under the line ``heading`` of a markdown text, as {column title: cell}."""
+    lines = text.splitlines()
+    table = []
+    for line in lines[lines.index(heading) + 1:]:
+        if line.startswith("|"):
+            table.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif table:
+            break
+    header, _separator, *rows = table
+    return [dict(zip(header, row)) for row in rows]
+
+
+def _assert_shown_as(cell: str, value: float, digits: int) -> None:
+    """``cell`` ('mean ± std' or 'mean') shows ``value`` rounded to ``digits`` decimals."""
+    shown = float(cell.split(" ± ")[0])
+    assert abs(shown - value) <= 0.5 * 10 ** -digits + 1e-12, f"the table shows {cell}, nnU-Net's value is {value}"
+
+
+def _example_dataset(out: Path, nnunet_folder: str) -> Path:
+    """The example's dataset folder in its own ``nnunet_folder`` (nnUNet_raw or nnUNet_results)."""
+    [dataset] = (out.parent / nnunet_folder).glob("Dataset*")
+    return dataset
+
+
+@pytest.mark.parametrize("name", sorted(OUR_SMOKE_TRAINERS))
+def test_example_benchmark_dice_is_nnunets_validation_summary(name, example_outputs):
+    """Every Dice of the example's benchmark table is nnU-Net's own, from the validation summary.json of the same
+    model (one fold with --synthetic), at the table's precision: per label or region nnU-Net's mean, the 'mean'
+    column its foreground mean; and every candidate's Dice in find_best_configuration's table (the ensemble's from
+    its own summary.json)."""
+    from nnunetv2.evaluation.evaluate_predictions import label_or_region_to_key
+
+    out = example_outputs[name]
+    results = _example_dataset(out, "nnUNet_results")
+    labels = json.loads((_example_dataset(out, "nnUNet_raw") / "dataset.json").read_text())["labels"]
+    keys = {label: label_or_region_to_key(tuple(value) if isinstance(value, list) else value)
+            for label, value in labels.items() if label != "background"}
+    table = (out / "benchmark" / "benchmark.md").read_text()
+    summaries = {}
+    for row in _markdown_table(table, "## Dice"):
+        model = f"{row['trainer']}__nnUNetPlans__{row['configuration']}"
+        assert row["folds"] == "0"
+        summaries[model] = summary = json.loads((results / model / "fold_0" / "validation" / "summary.json")
+                                                .read_text())
+        assert int(row["cases"]) == len(summary["metric_per_case"])
+        for label, key in keys.items():
+            _assert_shown_as(row[label], summary["mean"][key]["Dice"], 3)
+        # the table's per-case mean over the labels equals nnU-Net's mean over the labels: no case has a NaN Dice
+        assert all(np.isfinite(case["metrics"][key]["Dice"]) for case in summary["metric_per_case"]
+                   for key in keys.values())
+        _assert_shown_as(row["mean"], summary["foreground_mean"]["Dice"], 3)
+    assert {model.split("__")[0] for model in summaries} == {"nnUNetTrainer_Smoke", OUR_SMOKE_TRAINERS[name]}
+
+    best = _markdown_table(table, "## Best model or ensemble (nnU-Net's find_best_configuration)")
+    candidates = {row["model or ensemble"]: row["Dice"] for row in best}
+    assert summaries.keys() < candidates.keys()  # both models and their ensemble
+    for candidate, cell in candidates.items():
+        source = (results / candidate / "fold_0" / "validation" if candidate in summaries
+                  else results / "ensembles" / candidate)
+        _assert_shown_as(cell, json.loads((source / "summary.json").read_text())["foreground_mean"]["Dice"], 4)
+
+
+@pytest.mark.parametrize("name", sorted(OUR_SMOKE_TRAINERS))
+def test_example_predictions_have_the_test_images_geometry(name, example_outputs):
+    """One prediction per test image, with its size, spacing, origin and direction (SimpleITK's reading)."""
+    import SimpleITK as sitk
+
+    images = sorted((_example_dataset(example_outputs[name], "nnUNet_raw") / "imagesTs").glob("*_0000.nii.gz"))
+    predictions = sorted((example_outputs[name] / "predictions").glob("*.nii.gz"))
+    assert [p.name for p in predictions] == [i.name.replace("_0000.nii.gz", ".nii.gz") for i in images]
+    for image_file, prediction_file in zip(images, predictions):
+        image, prediction = sitk.ReadImage(str(image_file)), sitk.ReadImage(str(prediction_file))
+        assert prediction.GetSize() == image.GetSize()
+        assert np.allclose(prediction.GetSpacing(), image.GetSpacing())
+        assert np.allclose(prediction.GetOrigin(), image.GetOrigin())
+        assert np.allclose(prediction.GetDirection(), image.GetDirection())
 
 
 def test_brats_example_writes_brats_labelled_submission(example_outputs):
