@@ -1,11 +1,13 @@
 """The SegFormer3D variant through nnU-Net's own console scripts: plan -> train -> predict -> resume -> validate
--> find_best_configuration, plus the clear error for a 2D configuration. The tests of this module build on each
-other in file order (they share the session's results folder)."""
+-> find_best_configuration, plus the clear error for a 2D configuration. They use the session's planned dataset;
+the trained fold 0 is a module fixture (trained once, by the first test that needs it), so each test also runs
+alone."""
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 
@@ -18,6 +20,15 @@ TRAINER = "nnUNetTrainerSegFormer3DVariant_Smoke"
 DATASET = str(PIPELINE_DATASET_ID)
 
 
+@pytest.fixture(scope="module")
+def trained_results(nnunet_env, planned_dataset) -> Path:
+    """The smoke trainer's fold 0, trained with the stock nnUNetv2_train; its results folder (the trainer's,
+    holding fold_0)."""
+    run_command(["nnUNetv2_train", DATASET, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"],
+                {**nnunet_env, "nnUNet_n_proc_DA": "0"})
+    return results_folder(nnunet_env, planned_dataset, TRAINER, "3d_fullres")
+
+
 def test_2d_configuration_is_refused_before_anything_is_written(nnunet_env, planned_dataset):
     result = run_command(["nnUNetv2_train", DATASET, "2d", "0", "-tr", TRAINER, "-device", "cpu"], nnunet_env,
                          expect_success=False)
@@ -25,10 +36,8 @@ def test_2d_configuration_is_refused_before_anything_is_written(nnunet_env, plan
     assert not results_folder(nnunet_env, planned_dataset, TRAINER, "2d").exists()
 
 
-def test_train_writes_checkpoint_plans_and_network_size(nnunet_env, planned_dataset):
-    run_command(["nnUNetv2_train", DATASET, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"],
-                {**nnunet_env, "nnUNet_n_proc_DA": "0"})
-    results = results_folder(nnunet_env, planned_dataset, TRAINER, "3d_fullres")
+def test_train_writes_checkpoint_plans_and_network_size(nnunet_env, planned_dataset, trained_results):
+    results = trained_results
     assert (results / "fold_0" / "checkpoint_final.pth").is_file()
 
     planned = json.loads((Path(nnunet_env["nnUNet_preprocessed"]) / planned_dataset.name / "nnUNetPlans.json")
@@ -53,7 +62,7 @@ def test_loss_is_nnunets_dice_ce_with_the_originals_aux_weight(nnunet_env, plann
     assert trainer._get_deep_supervision_scales() == [[1.0] * 3, [0.25] * 3]
 
 
-def test_predict_writes_label_maps_of_input_geometry(nnunet_env, planned_dataset, tmp_path):
+def test_predict_writes_label_maps_of_input_geometry(nnunet_env, planned_dataset, trained_results, tmp_path):
     output = tmp_path / "predictions"
     run_command(["nnUNetv2_predict", "-i", str(planned_dataset / "imagesTs"), "-o", str(output), "-d", DATASET,
                  "-c", "3d_fullres", "-tr", TRAINER, "-f", "0", "-device", "cpu", "-npp", "0", "-nps", "0",
@@ -63,37 +72,44 @@ def test_predict_writes_label_maps_of_input_geometry(nnunet_env, planned_dataset
         expected = sitk.ReadImage(str(reference))
         assert prediction.GetSize() == expected.GetSize()
         assert np.allclose(prediction.GetSpacing(), expected.GetSpacing())
+        assert np.allclose(prediction.GetOrigin(), expected.GetOrigin())
+        assert np.allclose(prediction.GetDirection(), expected.GetDirection())
         assert set(np.unique(sitk.GetArrayFromImage(prediction))) <= {0, 1, 2}
 
 
-def test_predict_from_model_folder_with_probabilities(nnunet_env, planned_dataset, tmp_path):
+def test_predict_from_model_folder_with_probabilities(nnunet_env, planned_dataset, trained_results, tmp_path):
     output = tmp_path / "predictions"
     run_command(["nnUNetv2_predict_from_modelfolder", "-i", str(planned_dataset / "imagesTs"), "-o", str(output),
-                 "-m", str(results_folder(nnunet_env, planned_dataset, TRAINER, "3d_fullres")), "-f", "0", "-device", "cpu",
-                 "-npp", "1", "-nps", "1", "--save_probabilities", "--disable_progress_bar"], nnunet_env)
+                 "-m", str(trained_results), "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1",
+                 "--save_probabilities", "--disable_progress_bar"], nnunet_env)
     probabilities = np.load(next(output.glob("*.npz")))["probabilities"]
     assert probabilities.shape[0] == 3 and np.allclose(probabilities.sum(0), 1, atol=1e-3)
 
 
-def test_resume_and_validate_with_npz(nnunet_env, planned_dataset):
+def test_resume_and_validate_with_npz(nnunet_env, trained_results):
     env = {**nnunet_env, "nnUNet_n_proc_DA": "0"}
+    fold = trained_results / "fold_0"
+    logs_before = set(fold.glob("training_log_*.txt"))
     run_command(["nnUNetv2_train", DATASET, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu", "--c"], env)
+    resumed_log = "".join(path.read_text() for path in set(fold.glob("training_log_*.txt")) - logs_before)
+    assert resumed_log and "Epoch 0" not in resumed_log  # the finished run is not trained again
     run_command(["nnUNetv2_train", DATASET, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu", "--val", "--npz"],
                 env)
-    validation = results_folder(nnunet_env, planned_dataset, TRAINER, "3d_fullres") / "fold_0" / "validation"
+    validation = fold / "validation"
     assert len(list(validation.glob("*.npz"))) == 2  # 6 cases, fold 0 of 5 holds 2 out
     summary = json.loads((validation / "summary.json").read_text())
     assert set(summary["mean"]) == {"1", "2"}
 
 
-def test_find_best_configuration_sees_the_trainer(nnunet_env, planned_dataset):
+def test_find_best_configuration_sees_the_trainer(nnunet_env, planned_dataset, trained_results):
     run_command(["nnUNetv2_find_best_configuration", DATASET, "-c", "3d_fullres", "-tr", TRAINER, "-f", "0",
                  "-np", "1"], nnunet_env)
     instructions = (Path(nnunet_env["nnUNet_results"]) / planned_dataset.name / "inference_instructions.txt")
     assert TRAINER in instructions.read_text()
 
 
-def test_find_best_configuration_chooses_the_better_of_two_trainers_by_their_summaries(nnunet_env, planned_dataset):
+def test_find_best_configuration_chooses_the_better_of_two_trainers_by_their_summaries(nnunet_env, planned_dataset,
+                                                                                          trained_results):
     other = "nnUNetTrainer_Smoke"  # nnU-Net's default network, trained on the same fold
     run_command(["nnUNetv2_train", DATASET, "3d_fullres", "0", "-tr", other, "-device", "cpu"],
                 {**nnunet_env, "nnUNet_n_proc_DA": "0"})
