@@ -35,28 +35,6 @@ def require_nnunet_paths(environ: os._Environ | dict[str, str] | None = None) ->
     return paths
 
 
-def _dataset_folders(root: Path) -> dict[int, Path]:
-    found = {}
-    if root.is_dir():
-        for folder in root.iterdir():
-            if match := re.fullmatch(r"Dataset(\d{3})_.+", folder.name):
-                found.setdefault(int(match.group(1)), folder)
-    return found
-
-
-def find_dataset(dataset: str, paths: dict[str, Path]) -> str:
-    """The dataset's folder name (DatasetXXX_Name) from an id or a name, looked up in raw and preprocessed."""
-    known = {**_dataset_folders(paths["nnUNet_raw"]), **_dataset_folders(paths["nnUNet_preprocessed"])}
-    wanted = int(dataset) if dataset.isdigit() else next(
-        (i for i, f in known.items() if f.name == dataset), None)
-    if wanted not in known:
-        existing = ", ".join(f.name for _, f in sorted(known.items())) or "none"
-        raise CheckError(f"Dataset '{dataset}' not found in nnUNet_raw ({paths['nnUNet_raw']}) or nnUNet_preprocessed "
-                         f"({paths['nnUNet_preprocessed']}). Existing datasets: {existing}. Create it (nnU-Net's "
-                         f"dataset conversion, or `nnunet-ext synth ID` for synthetic data) or fix the id.")
-    return known[wanted].name
-
-
 def load_plans(dataset_name: str, plans_name: str, configuration: str, paths: dict[str, Path]) -> dict:
     plans_file = paths["nnUNet_preprocessed"] / dataset_name / f"{plans_name}.json"
     if not plans_file.is_file():

@@ -6,7 +6,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from nnunet_ext import checks
+from nnunet_ext import checks, datasets
 from nnunet_ext.benchmarking.cost import model_cost
 from nnunet_ext.benchmarking.ensemble import run_find_best_configuration
 from nnunet_ext.benchmarking.evaluation import (DEFAULT_NSD_TOLERANCE_MM, MEAN_KEY, CaseMetrics, evaluate_model,
@@ -33,7 +33,7 @@ def collect(dataset: str, configurations: list[str], trainers: list[str], plans:
     if tolerance_mm <= 0:
         raise BenchmarkError(f"--nsd-tolerance must be > 0 mm (got {tolerance_mm}).")
     paths = checks.require_nnunet_paths()
-    dataset_name = checks.find_dataset(dataset, paths)
+    dataset_name = datasets.dataset_name(dataset)
     gt_folder = paths["nnUNet_preprocessed"] / dataset_name / "gt_segmentations"
     if not gt_folder.is_dir():
         raise BenchmarkError(f"No ground truth in {gt_folder}; run nnUNetv2_plan_and_preprocess -d {dataset_name[7:10]}"

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_ext.datasets import dataset_name
+
 __all__ = ["ModelSpec", "ModelInfo", "resolve_model_folder", "available_folds", "default_folds", "check_model",
            "make_predictor", "predict"]
 
@@ -47,27 +49,22 @@ class ModelInfo:
                 "checkpoint": self.spec.checkpoint, "labels": self.labels}
 
 
-def resolve_model_folder(dataset: str, configuration: str, trainer: str, plans: str = "nnUNetPlans",
-                         results_dir: str | os.PathLike | None = None) -> Path:
+def resolve_model_folder(dataset: str, configuration: str, trainer: str, plans: str = "nnUNetPlans") -> Path:
     """The model folder ``$nnUNet_results/DatasetXXX_Name/trainer__plans__configuration`` of a dataset id or name."""
-    results_dir = results_dir or os.environ.get("nnUNet_results")
+    results_dir = os.environ.get("nnUNet_results")
     if not results_dir:
         raise RuntimeError("nnUNet_results is not set: set it to the folder with your trained models, or name the "
                            "model folder itself with -m.")
     results = Path(results_dir)
-    if dataset.isdigit():
-        matches = sorted(results.glob(f"Dataset{int(dataset):03d}_*"))
-    else:
-        matches = [results / dataset] if (results / dataset).is_dir() else []
-    if len(matches) != 1:
+    trained_dataset = results / dataset_name(dataset)
+    if not trained_dataset.is_dir():
         known = sorted(p.name for p in results.glob("Dataset*")) if results.is_dir() else []
-        raise FileNotFoundError(f"{'Several' if matches else 'No'} trained dataset '{dataset}' in {results}"
-                                f"{' (' + ', '.join(m.name for m in matches) + ')' if matches else ''}; "
-                                f"it holds: {', '.join(known) or 'nothing'}.")
-    folder = matches[0] / f"{trainer}__{plans}__{configuration}"
+        raise FileNotFoundError(f"No trained dataset {trained_dataset.name} in {results}; it holds: "
+                                f"{', '.join(known) or 'nothing'}.")
+    folder = trained_dataset / f"{trainer}__{plans}__{configuration}"
     if not folder.is_dir():
-        trained = sorted(p.name for p in matches[0].iterdir() if p.is_dir())
-        raise FileNotFoundError(f"No model {folder.name} in {matches[0]}; trained there: "
+        trained = sorted(p.name for p in trained_dataset.iterdir() if p.is_dir())
+        raise FileNotFoundError(f"No model {folder.name} in {trained_dataset}; trained there: "
                                 f"{', '.join(trained) or 'none'}. Check -tr, -c and -p, or train it with "
                                 "nnUNetv2_train.")
     return folder
