@@ -53,7 +53,6 @@ On CUDA the same role falls to cuDNN's workspaces (allocated through the caching
 """
 from __future__ import annotations
 
-import math
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager

@@ -1,7 +1,6 @@
 """DICOM series -> image -> NIfTI: series by UID, slices by position, rescale to HU, geometry, and the warnings and
 errors for bad series. The series are written by the tests with SimpleITK (tests/dicom_series.py)."""
 import locale
-import os
 import signal
 import subprocess
 import sys

@@ -1,7 +1,7 @@
 """RccSegmentor through nnU-Net's own console scripts on a synthetic 2D CT dataset: plan 2d -> train fold 'all'
 (starting the encoder from a local ImageNet-style PVTv2 checkpoint) -> predict -> resume, the clear error for a
-3D configuration, and the recipe of the published-FEM trainer. The tests of this module build on each other in
-file order (they share one planned dataset)."""
+3D configuration, and the recipe of the published-FEM trainer. The planned dataset and the trained fold are module
+fixtures (dataset_2d, trained_results), so each test also runs alone."""
 import json
 from pathlib import Path
 

@@ -1,6 +1,6 @@
 """REC-UNet through nnU-Net's own console scripts on a 2D liver-with-tumour dataset with region labels
 (liver = {liver, tumour}, tumour = {tumour}): plan -> train fold all -> predict -> resume, the recipe, and the clear
-error for a 3D configuration. The tests of this module build on each other in file order."""
+error for a 3D configuration. The trained fold is a module fixture (trained_fold), so each test also runs alone."""
 import json
 from pathlib import Path
 
